@@ -1,0 +1,255 @@
+"""The Lightning data module: a source of canonical events -> cached tensors -> batches."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import polars as pl
+import pytorch_lightning as L
+import torch
+from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler, SequentialSampler
+
+from microrec import schema as S
+from microrec.errors import ConfigError
+from microrec.protocol import N_BUCKETS, PROTOCOL_VERSION, Prepared, SplitArrays, prepare
+
+log = logging.getLogger(__name__)
+
+
+class EventSource(Protocol):
+    """What a data set provides: a name, a content hash, and the canonical event table."""
+
+    name: str
+
+    def fingerprint(self) -> str: ...
+
+    def load(self) -> pl.DataFrame: ...
+
+
+def atomic_write(path: Path, write) -> None:
+    """Call `write(tmp_path)` and move the result onto `path` in one step."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+class Examples(Dataset):
+    """Examples of one split, served a whole batch per index list (no per-example Python).
+
+    Inputs are right-padded: real tokens first, so a causal encoder's state at position
+    length-1 is exactly the state after the last real token.
+    """
+
+    def __init__(self, arrays: SplitArrays, max_len: int):
+        self.tokens = torch.from_numpy(arrays.tokens)  # (E, 3) int32
+        self.first = torch.from_numpy(arrays.first)  # (N,)
+        self.end = torch.from_numpy(arrays.end)  # (N,)
+        self.target = torch.from_numpy(arrays.target)  # (N,)
+        self.max_len = max_len
+
+    def __len__(self) -> int:
+        return self.target.numel()
+
+    def lengths(self) -> torch.Tensor:
+        """(N,) input length of every example after truncation to max_len."""
+        return (self.end - self.first).clamp(max=self.max_len)
+
+    def __getitem__(self, idx) -> dict[str, torch.Tensor]:
+        idx = torch.as_tensor(idx, dtype=torch.long)
+        end = self.end[idx]  # (B,)
+        start = torch.maximum(self.first[idx], end - self.max_len)  # most recent max_len kept
+        length = end - start  # (B,)
+        steps = torch.arange(int(length.max()))  # (T,)
+        rows = start[:, None] + steps  # (B, T)
+        real = steps[None, :] < length[:, None]  # (B, T)
+        tok = self.tokens[torch.where(real, rows, 0)] * real[..., None]  # (B, T, 3), pad = 0
+        tok = tok.long()
+        return {
+            "item": tok[..., 0],
+            "activity": tok[..., 1],
+            "dwell": tok[..., 2],
+            "length": length,
+            "target": self.target[idx],
+        }
+
+
+class LengthBucketBatches(Sampler):
+    """Random batches of similar input length, so little compute goes to padding.
+
+    Each epoch shuffles all examples, sorts windows of `pool` batches by length, cuts them
+    into batches and shuffles the batch order. Draws from torch's global generator, so
+    `seed_everything` makes the order reproducible.
+    """
+
+    def __init__(self, lengths: torch.Tensor, batch_size: int, pool: int = 50):
+        self.lengths = lengths
+        self.batch_size = batch_size
+        self.window = batch_size * pool
+
+    def __len__(self) -> int:
+        return -(-self.lengths.numel() // self.batch_size)
+
+    def __iter__(self):
+        order = torch.randperm(self.lengths.numel())
+        batches = []
+        for window in order.split(self.window):
+            window = window[torch.argsort(self.lengths[window], stable=True)]
+            batches.extend(window.split(self.batch_size))
+        for i in torch.randperm(len(batches)).tolist():
+            yield batches[i]
+
+
+class MicroDataModule(L.LightningDataModule):
+    """Serves one data set under one feature variant, per DESIGN.md's protocol.
+
+    Args:
+        source: the data set (see `EventSource`).
+        features: sku | sku_act | sku_dwell | full; checked against what the data holds.
+        buckets: dwell bucket scheme, paper | hup | quantile.
+        split: train / validation / test fractions of sessions.
+        eval_targets: last (one example per session) or all (every prefix).
+        max_len: most recent micro-behaviors kept in an input.
+        min_macros: sessions with fewer macro interactions are dropped (and counted).
+        cache_dir: where processed tensors and word2vec vectors are kept.
+    """
+
+    def __init__(
+        self,
+        source: EventSource,
+        features: str = "full",
+        buckets: str = "paper",
+        split: tuple[float, float, float] = (0.8, 0.1, 0.1),
+        eval_targets: str = "last",
+        max_len: int = 50,
+        min_macros: int = 2,
+        batch_size: int = 256,
+        eval_batch_size: int = 512,
+        seed: int = 0,
+        cache_dir: str = "outputs/cache",
+    ):
+        super().__init__()
+        S.channels(features)  # fail early on an unknown variant
+        if max_len < 1 or batch_size < 1 or eval_batch_size < 1:
+            raise ConfigError("max_len, batch_size and eval_batch_size must be positive.")
+        self.source = source
+        self.features = features
+        self.protocol = {"buckets": buckets, "split": tuple(float(f) for f in split),
+                         "eval_targets": eval_targets, "min_macros": min_macros, "seed": seed}
+        self.max_len = max_len
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.cache_dir = Path(cache_dir)
+        self.prepared: Prepared | None = None
+
+    # -- preparation ---------------------------------------------------------------------
+    def cache_key(self) -> str:
+        """Hash of the source data and every setting that shapes the tensors."""
+        blob = json.dumps({"v": PROTOCOL_VERSION, "source": self.source.fingerprint(),
+                           **self.protocol}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.prepared is not None:
+            return
+        path = self.cache_dir / f"{self.source.name}-{self.cache_key()}.pt"
+        if path.exists():
+            self.prepared = torch.load(path, weights_only=False)
+            log.info("loaded processed %s from %s", self.source.name, path)
+        else:
+            log.info("processing %s (cache miss: %s)", self.source.name, path)
+            events = S.validate_events(self.source.load(), self.source.name)
+            self.prepared = prepare(events, source=self.source.name, **self.protocol)
+            atomic_write(path, lambda tmp: torch.save(self.prepared, tmp))
+        self._check_features()
+        log.info("%s: %s", self.source.name, json.dumps(self.prepared.stats))
+
+    def _check_features(self) -> None:
+        needs = S.channels(self.features)
+        if "activity" in needs and not self.prepared.has_activity:
+            raise ConfigError(f"features={self.features} needs activities, but data set "
+                              f"'{self.source.name}' has none; use features=sku or sku_dwell.")
+        if "dwell" in needs and not self.prepared.has_dwell:
+            raise ConfigError(f"features={self.features} needs dwell times, but data set "
+                              f"'{self.source.name}' has neither dwell nor timestamps; use "
+                              "features=sku or sku_act.")
+
+    def _ready(self) -> Prepared:
+        if self.prepared is None:
+            self.setup()
+        return self.prepared
+
+    @property
+    def n_items(self) -> int:
+        return self._ready().n_items
+
+    @property
+    def n_activities(self) -> int:
+        return self._ready().n_activities
+
+    @property
+    def n_dwell(self) -> int:
+        return N_BUCKETS + S.NUM_SPECIAL
+
+    # -- loaders -------------------------------------------------------------------------
+    def dataset(self, split: str) -> Examples:
+        return Examples(self._ready().splits[split], self.max_len)
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        data = self.dataset(split)
+        if shuffle:
+            batches = LengthBucketBatches(data.lengths(), self.batch_size)
+        else:
+            batches = BatchSampler(SequentialSampler(data), self.eval_batch_size, drop_last=False)
+        return DataLoader(data, sampler=batches, batch_size=None)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    # -- word2vec ------------------------------------------------------------------------
+    def word2vec(self, channel: str, dim: int, window: int = 5, epochs: int = 5,
+                 seed: int = 0) -> np.ndarray:
+        """Vectors for every id of a channel (item, activity, dwell) from the training split.
+
+        Trained by gensim on the training sessions' micro-behavior sequences of that channel
+        and cached. Row i is the vector of id i; padding is zero, ids gensim never saw keep
+        a small seeded random vector.
+        """
+        from microrec.word2vec import train_vectors
+
+        column = {"item": 0, "activity": 1, "dwell": 2}[channel]
+        size = {"item": self.n_items, "activity": self.n_activities, "dwell": self.n_dwell}
+        params = {"data": self.cache_key(), "channel": channel, "dim": dim, "window": window,
+                  "epochs": epochs, "seed": seed}
+        key = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:20]
+        path = self.cache_dir / f"w2v-{key}.npy"
+        if path.exists():
+            return np.load(path)
+        train = self._ready().splits["train"]
+        sentences = np.split(train.tokens[:, column], train.session_end[:-1])
+        vectors = train_vectors(sentences, size[channel], dim, window, epochs, seed)
+
+        def save(tmp):
+            with open(tmp, "wb") as f:
+                np.save(f, vectors)
+
+        atomic_write(path, save)
+        return vectors

@@ -1,0 +1,56 @@
+"""Recall@k and MRR@k by full ranking over the catalogue, ties counted against the model."""
+
+from __future__ import annotations
+
+import torch
+from torchmetrics import Metric
+
+from microrec.schema import NUM_SPECIAL
+
+KS = (5, 10, 20)
+
+
+def target_rank(scores: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Rank of each target: how many items score at least as high (1 = best).
+
+    scores: (B, N) over all item ids; padding and unknown columns are ignored.
+    target: (B,) item ids; a target below NUM_SPECIAL (unknown product) gets rank N + 1, a miss.
+    """
+    scores = scores[:, NUM_SPECIAL:]  # (B, N - 2) real products only
+    known = target >= NUM_SPECIAL
+    column = (target - NUM_SPECIAL).clamp(min=0)
+    target_score = scores.gather(1, column[:, None])  # (B, 1)
+    rank = (scores >= target_score).sum(1)  # (B,)
+    return torch.where(known, rank, torch.full_like(rank, scores.size(1) + 1))
+
+
+class RankingMetrics(Metric):
+    """Accumulates Recall@k and MRR@k for k in KS; `compute()` returns a dict by name."""
+
+    full_state_update = False
+
+    def __init__(self, ks: tuple[int, ...] = KS):
+        super().__init__()
+        self.ks = tuple(ks)
+        self.add_state("hits", default=torch.zeros(len(self.ks), dtype=torch.float64),
+                       dist_reduce_fx="sum")
+        self.add_state("rr", default=torch.zeros(len(self.ks), dtype=torch.float64),
+                       dist_reduce_fx="sum")
+        self.add_state("count", default=torch.tensor(0, dtype=torch.float64),
+                       dist_reduce_fx="sum")
+
+    def update(self, scores: torch.Tensor, target: torch.Tensor) -> None:
+        rank = target_rank(scores, target).to(torch.float64)  # (B,)
+        for i, k in enumerate(self.ks):
+            inside = rank <= k
+            self.hits[i] += inside.sum()
+            self.rr[i] += torch.where(inside, 1.0 / rank, torch.zeros_like(rank)).sum()
+        self.count += rank.numel()
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        n = self.count.clamp(min=1)
+        out = {}
+        for i, k in enumerate(self.ks):
+            out[f"recall@{k}"] = (self.hits[i] / n).float()
+            out[f"mrr@{k}"] = (self.rr[i] / n).float()
+        return out

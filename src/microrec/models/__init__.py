@@ -1,0 +1,1 @@
+"""Recommenders: RIB and the paper's baselines share one evaluation path."""

@@ -1,0 +1,258 @@
+"""From canonical events to examples, exactly as DESIGN.md fixes it.
+
+events -> macro interactions -> dwell -> session filter -> split -> vocabularies (training
+split only) -> dwell buckets -> flat per-split token arrays and (first, end, target) example
+offsets. Whole-frame Polars throughout; the only loops run over the three splits.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+import polars as pl
+
+from microrec import schema as S
+from microrec.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+PROTOCOL_VERSION = 1
+SPLITS = ("train", "val", "test")
+N_BUCKETS = 5
+# Lower edges of buckets 2..5 on whole seconds (bucket 1 starts at 0).
+BUCKET_EDGES = {
+    "paper": (10.0, 25.0, 61.0, 121.0),  # 0-9, 10-24, 25-60, 61-120, >120 s (RIB paper)
+    "hup": (15.0, 40.0, 100.0, 600.0),  # 0-15, 15-40, 40-100, 100-600, 600+ s (HUP)
+}
+BUCKET_SCHEMES = (*BUCKET_EDGES, "quantile")
+EVAL_TARGETS = ("last", "all")
+
+
+@dataclass
+class SplitArrays:
+    """One split: flat tokens of all its sessions and one row per example.
+
+    tokens: (E, 3) int32 item, activity and bucket ids, sessions one after another.
+    first:  (N,) int64 row of the example's session's first token.
+    end:    (N,) int64 row after the example's last input token.
+    target: (N,) int64 id of the next product (UNK when not in the training vocabulary).
+    session_end: (S,) int64 row after each session's last token (for word2vec corpora).
+    """
+
+    tokens: np.ndarray
+    first: np.ndarray
+    end: np.ndarray
+    target: np.ndarray
+    session_end: np.ndarray
+
+
+@dataclass
+class Prepared:
+    """Everything the data module serves, cached as one file."""
+
+    splits: dict[str, SplitArrays]
+    items: list  # item id i + NUM_SPECIAL -> product id as in the source
+    activities: list[str]  # activity id i + NUM_SPECIAL -> name
+    bucket_edges: tuple[float, ...]
+    has_activity: bool
+    has_dwell: bool
+    stats: dict = field(default_factory=dict)
+
+    @property
+    def n_items(self) -> int:
+        return len(self.items) + S.NUM_SPECIAL
+
+    @property
+    def n_activities(self) -> int:
+        return len(self.activities) + S.NUM_SPECIAL
+
+
+def macro_interactions(events: pl.DataFrame) -> pl.DataFrame:
+    """Add the macro-interaction index: consecutive events of a session on the same item."""
+    new = (pl.col(S.ITEM) != pl.col(S.ITEM).shift(1)).fill_null(True)
+    return events.sort(S.SESSION, S.POS).with_columns(
+        (new.cast(pl.Int32).cum_sum() - 1).over(S.SESSION).alias(S.MACRO)
+    )
+
+
+def macro_table(events: pl.DataFrame) -> pl.DataFrame:
+    """One row per macro interaction with its item, dwell (given or derived) and start time.
+
+    Given dwell wins; where it is missing the dwell is the time to the next macro
+    interaction's first event, and the last macro interaction of a session stays null
+    (the `unknown` bucket), never a guess.
+    """
+    macros = events.group_by(S.SESSION, S.MACRO, maintain_order=True).agg(
+        pl.col(S.ITEM).first(), pl.col(S.DWELL).first(), pl.col(S.TS).first()
+    )
+    derived = (pl.col(S.TS).shift(-1) - pl.col(S.TS)).over(S.SESSION)
+    macros = macros.with_columns(pl.coalesce(S.DWELL, derived.cast(pl.Float64)).alias(S.DWELL))
+    bad = macros.filter(pl.col(S.DWELL) < 0)
+    if bad.height:
+        raise DataError(
+            f"timestamps go backwards inside session {bad[S.SESSION][0]}: events must be in "
+            "time order within a session."
+        )
+    return macros
+
+
+def bucketize(dwell: pl.Expr, edges: tuple[float, ...]) -> pl.Expr:
+    """Bucket id (NUM_SPECIAL..NUM_SPECIAL+4) of whole seconds of dwell; null -> UNK."""
+    seconds = dwell.floor()
+    bucket = pl.sum_horizontal([(seconds >= e).cast(pl.Int32) for e in edges]) + S.NUM_SPECIAL
+    return pl.when(dwell.is_null()).then(pl.lit(S.UNK)).otherwise(bucket).cast(pl.Int32)
+
+
+def fit_quantile_edges(train_dwell: pl.Series) -> tuple[float, ...]:
+    """Four edges that cut the training split's dwell into five equal-frequency buckets."""
+    values = train_dwell.drop_nulls().floor()
+    if values.is_empty():
+        return BUCKET_EDGES["paper"]
+    qs = [values.quantile(q, interpolation="lower") for q in (0.2, 0.4, 0.6, 0.8)]
+    return tuple(float(q) + 1e-9 if i and q == qs[i - 1] else float(q) for i, q in enumerate(qs))
+
+
+def split_sessions(
+    macros: pl.DataFrame, fractions: tuple[float, float, float], seed: int
+) -> pl.DataFrame:
+    """Assign each session to train / val / test.
+
+    Chronological by session start where every event has a timestamp, seeded random
+    otherwise. Returns columns (session, split) with split in 0, 1, 2.
+    """
+    sessions = macros.group_by(S.SESSION).agg(pl.col(S.TS).min().alias("start"),
+                                               pl.col(S.TS).null_count().alias("no_ts"))
+    if sessions["no_ts"].sum() == 0:
+        sessions = sessions.sort("start", S.SESSION)
+    else:
+        sessions = sessions.sort(S.SESSION).sample(fraction=1.0, shuffle=True, seed=seed)
+    n = sessions.height
+    cut_train = int(round(fractions[0] * n))
+    cut_val = int(round((fractions[0] + fractions[1]) * n))
+    order = pl.int_range(0, n, eager=True)
+    split = (order >= cut_train).cast(pl.Int8) + (order >= cut_val).cast(pl.Int8)
+    return sessions.select(S.SESSION).with_columns(split.alias("split"))
+
+
+def prepare(
+    events: pl.DataFrame,
+    buckets: str = "paper",
+    split: tuple[float, float, float] = (0.8, 0.1, 0.1),
+    eval_targets: str = "last",
+    min_macros: int = 2,
+    seed: int = 0,
+    source: str = "data",
+) -> Prepared:
+    """Run the protocol on a validated canonical event table."""
+    if buckets not in BUCKET_SCHEMES:
+        raise ConfigError(f"unknown dwell buckets '{buckets}': choose one of "
+                          f"{', '.join(BUCKET_SCHEMES)}.")
+    if eval_targets not in EVAL_TARGETS:
+        raise ConfigError(f"unknown eval_targets '{eval_targets}': choose 'last' or 'all'.")
+    if len(split) != 3 or min(split) < 0 or abs(sum(split) - 1) > 1e-6 or split[0] == 0:
+        raise ConfigError(f"split must be three non-negative fractions summing to 1 with a "
+                          f"non-empty training part, got {list(split)}.")
+    if min_macros < 2:
+        raise ConfigError("min_macros must be at least 2: a session needs an input and a target.")
+
+    events = macro_interactions(events)
+    macros = macro_table(events)
+
+    n_macros = macros.group_by(S.SESSION).agg(pl.len().alias("n_macros"))
+    short = n_macros.filter(pl.col("n_macros") < min_macros)
+    stats = {"sessions": n_macros.height, "events": events.height,
+             f"sessions_dropped_fewer_than_{min_macros}_macros": short.height}
+    if short.height:
+        log.info("%s: dropped %d of %d sessions with fewer than %d macro interactions",
+                 source, short.height, n_macros.height, min_macros)
+        events = events.join(short.select(S.SESSION), on=S.SESSION, how="anti")
+        macros = macros.join(short.select(S.SESSION), on=S.SESSION, how="anti")
+    if macros.height == 0:
+        raise DataError(f"{source}: no session has {min_macros} or more macro interactions, "
+                        "so there is nothing to learn or evaluate.")
+
+    assignment = split_sessions(macros, split, seed)
+    macros = macros.join(assignment, on=S.SESSION)
+    events = events.join(assignment, on=S.SESSION)
+
+    train_macros = macros.filter(pl.col("split") == 0)
+    edges = fit_quantile_edges(train_macros[S.DWELL]) if buckets == "quantile" \
+        else BUCKET_EDGES[buckets]
+    macros = macros.with_columns(bucketize(pl.col(S.DWELL), edges).alias(S.BUCKET))
+
+    # Vocabularies from the training split alone, most frequent first.
+    item_vocab = (
+        train_macros.group_by(S.ITEM).agg(pl.len().alias("count"))
+        .sort(["count", S.ITEM], descending=[True, False])
+        .with_row_index("item_id", offset=S.NUM_SPECIAL)
+    )
+    train_events = events.filter(pl.col("split") == 0)
+    activity_vocab = (
+        train_events.filter(pl.col(S.ACTIVITY).is_not_null())
+        .group_by(S.ACTIVITY).agg(pl.len().alias("count"))
+        .sort(["count", S.ACTIVITY], descending=[True, False])
+        .with_row_index("activity_id", offset=S.NUM_SPECIAL)
+    )
+
+    macros = macros.join(item_vocab.select(S.ITEM, "item_id"), on=S.ITEM, how="left")
+    tokens = (
+        events.select(S.SESSION, S.POS, S.MACRO, S.ACTIVITY, "split")
+        .join(macros.select(S.SESSION, S.MACRO, "item_id", S.BUCKET), on=[S.SESSION, S.MACRO])
+        .join(activity_vocab.select(S.ACTIVITY, "activity_id"), on=S.ACTIVITY, how="left")
+        .with_columns(
+            pl.col("item_id").fill_null(S.UNK).cast(pl.Int32),
+            pl.col("activity_id").fill_null(S.UNK).cast(pl.Int32),
+        )
+        .sort("split", S.SESSION, S.POS)
+    )
+
+    splits = {}
+    for code, name in enumerate(SPLITS):
+        part = tokens.filter(pl.col("split") == code).with_row_index("row")
+        splits[name] = _examples(part, train=(code == 0), eval_targets=eval_targets)
+        stats[f"{name}/sessions"] = int(splits[name].session_end.size)
+        stats[f"{name}/events"] = int(part.height)
+        stats[f"{name}/examples"] = int(splits[name].target.size)
+        stats[f"{name}/unknown_targets"] = int((splits[name].target == S.UNK).sum())
+    for name in SPLITS[1:]:
+        if stats[f"{name}/unknown_targets"]:
+            log.info("%s: %d of %d %s targets are products unseen in training (count as misses)",
+                     source, stats[f"{name}/unknown_targets"], stats[f"{name}/examples"], name)
+    if stats["train/examples"] == 0:
+        raise DataError(f"{source}: the training split is empty after filtering.")
+    return Prepared(
+        splits=splits,
+        items=item_vocab[S.ITEM].to_list(),
+        activities=activity_vocab[S.ACTIVITY].to_list(),
+        bucket_edges=tuple(edges),
+        has_activity=activity_vocab.height > 0,
+        has_dwell=bool((macros[S.BUCKET] != S.UNK).any()),
+        stats=stats,
+    )
+
+
+def _examples(part: pl.DataFrame, train: bool, eval_targets: str) -> SplitArrays:
+    """Examples of one split: for macro t with a successor, input = tokens of m1..mt."""
+    per_macro = (
+        part.group_by(S.SESSION, S.MACRO, maintain_order=True)
+        .agg(pl.col("row").first().alias("start"), (pl.col("row").last() + 1).alias("end"),
+             pl.col("item_id").first())
+        .with_columns(
+            pl.col("start").min().over(S.SESSION).alias("first"),
+            pl.col("item_id").shift(-1).over(S.SESSION).alias("target"),
+            pl.len().over(S.SESSION).alias("n_macros"),
+        )
+        .filter(pl.col("target").is_not_null())
+    )
+    if not train and eval_targets == "last":
+        per_macro = per_macro.filter(pl.col(S.MACRO) == pl.col("n_macros") - 2)
+    sessions = part.group_by(S.SESSION, maintain_order=True).agg(pl.col("row").last() + 1)
+    return SplitArrays(
+        tokens=part.select("item_id", "activity_id", S.BUCKET).to_numpy().astype(np.int32),
+        first=per_macro["first"].to_numpy().astype(np.int64),
+        end=per_macro["end"].to_numpy().astype(np.int64),
+        target=per_macro["target"].to_numpy().astype(np.int64),
+        session_end=sessions["row"].to_numpy().astype(np.int64),
+    )

@@ -1,0 +1,109 @@
+"""Train and test one configuration; with -m, a sweep of them. See conf/train.yaml.
+
+    python src/train.py -m features=sku,sku_act,sku_dwell,full
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+
+os.environ.setdefault("WANDB_MODE", "offline")  # no account or network needed; override freely
+
+import hydra
+import pytorch_lightning as L
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
+from omegaconf import DictConfig, OmegaConf
+
+from microrec.data import atomic_write
+from microrec.errors import MicrorecError
+
+log = logging.getLogger("microrec.train")
+# Batches are built by vectorised indexing in the main process: loader workers would not help.
+warnings.filterwarnings("ignore", ".*does not have many workers.*")
+TAGGED_GROUPS = ("data", "model", "features", "encoder", "attention")
+
+
+def build(node: DictConfig, **kwargs):
+    """hydra.utils.instantiate, but a user error inside a constructor keeps its own message."""
+    try:
+        return hydra.utils.instantiate(node, **kwargs)
+    except InstantiationException as e:
+        if isinstance(e.__cause__, MicrorecError):
+            raise e.__cause__ from None
+        raise
+
+
+def run_identity() -> dict:
+    """W&B group, run name and tags of the current Hydra job (empty outside Hydra)."""
+    if not HydraConfig.initialized():
+        return {}
+    hc = HydraConfig.get()
+    choices = hc.runtime.choices
+    identity = {
+        "name": hc.job.override_dirname or "default",
+        "tags": [f"{g}={choices[g]}" for g in TAGGED_GROUPS if g in choices],
+    }
+    if hc.mode == hydra.types.RunMode.MULTIRUN:
+        identity["group"] = "multirun/" + "/".join(Path(hc.sweep.dir).parts[-2:])
+    return identity
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Seed, build data and model, fit, test the best checkpoint once, write metrics.json."""
+    started = time.time()
+    run_dir = Path(cfg.run_dir)
+    L.seed_everything(cfg.seed, workers=True)
+
+    dm = build(cfg.data)
+    dm.setup()
+    model = build(cfg.model, n_items=dm.n_items, n_activities=dm.n_activities,
+                  n_dwell=dm.n_dwell)
+
+    logger = None
+    if cfg.get("logger"):
+        is_wandb = cfg.logger._target_.endswith("WandbLogger")
+        logger = build(cfg.logger, **(run_identity() if is_wandb else {}))
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    trainer = build(cfg.trainer, logger=logger or False)
+
+    trainer.fit(model, datamodule=dm)
+    best = trainer.checkpoint_callback.best_model_path
+    log.info("best checkpoint: %s", best)
+    metrics = {}
+    for results in (trainer.validate(model, datamodule=dm, ckpt_path=best, verbose=False),
+                    trainer.test(model, datamodule=dm, ckpt_path=best, verbose=False)):
+        metrics.update({k: float(v) for k, v in results[0].items()})
+    metrics["epochs"] = trainer.current_epoch
+    metrics["time/total_s"] = round(time.time() - started, 2)
+
+    text = json.dumps(metrics, indent=2, sort_keys=True)
+    atomic_write(run_dir / "metrics.json", lambda tmp: Path(tmp).write_text(text + "\n"))
+    log.info("test/recall@20 %.4f  test/mrr@20 %.4f  -> %s", metrics["test/recall@20"],
+             metrics["test/mrr@20"], run_dir / "metrics.json")
+
+    if logger is not None and cfg.logger._target_.endswith("WandbLogger"):
+        import wandb
+
+        wandb.finish()  # each multirun job must be its own W&B run
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+def main(cfg: DictConfig) -> float:
+    try:
+        return train(cfg)[cfg.monitor]
+    except MicrorecError as e:
+        log.error("%s", e)
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
