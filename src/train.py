@@ -71,7 +71,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         is_wandb = cfg.logger._target_.endswith("WandbLogger")
         logger = build(cfg.logger, **(run_identity() if is_wandb else {}))
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
-    trainer = build(cfg.trainer, logger=logger or False)
+    callbacks = [build(c) for c in cfg.callbacks.values() if c is not None]
+    trainer = build(cfg.trainer, logger=logger or False, callbacks=callbacks)
 
     trainer.fit(model, datamodule=dm)
     best = trainer.checkpoint_callback.best_model_path

@@ -6,7 +6,7 @@ long) and the next product:
 - after an interesting product, the user usually moves to one of its related products
   (same category);
 - after an uninteresting one, the user usually returns to the most recent interesting
-  product of the session, or jumps to a popular product.
+  product of the session (and is interested again), or jumps to a popular product.
 Interest is drawn per interaction, not per product, so a model that sees only product ids
 cannot tell which earlier product the user liked; activities and dwell reveal it. That is
 the paper's claim, planted so that it can be measured.
@@ -26,9 +26,10 @@ import polars as pl
 from microrec import schema as S
 from microrec.errors import ConfigError
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # bump on any change to the generated table
 _SOURCE_PROBS = np.array([0.12, 0.16, 0.08, 0.09, 0.55])  # Home, ShopList, Sale, Cart, Search
-_N_RELATED = 5
+_RELATED_WEIGHTS = np.array([0.6, 0.2, 0.1, 0.06, 0.04])  # one strong successor, a few weak
+_N_RELATED = len(_RELATED_WEIGHTS)
 _MAX_MACROS = 60
 
 
@@ -99,8 +100,11 @@ def generate(p: SyntheticSource) -> pl.DataFrame:
     by_cat = np.argsort(category, kind="stable")
     cat_start = np.searchsorted(category[by_cat], np.arange(p.n_categories))
     cat_size = np.bincount(category, minlength=p.n_categories)
-    offsets = (rng.random((m, _N_RELATED)) * cat_size[category][:, None]).astype(np.int64)
-    related = by_cat[cat_start[category][:, None] + offsets]  # (m, R)
+    own = np.empty(m, dtype=np.int64)  # each product's position inside its category
+    own[by_cat] = np.arange(m) - cat_start[category[by_cat]]
+    size = cat_size[category][:, None]  # (m, 1)
+    step = 1 + (rng.random((m, _N_RELATED)) * np.maximum(size - 1, 1)).astype(np.int64)
+    related = by_cat[cat_start[category][:, None] + (own[:, None] + step) % size]  # (m, R)
     cum_pop = np.cumsum(pop)
 
     def popular(size: int) -> np.ndarray:
@@ -117,7 +121,7 @@ def generate(p: SyntheticSource) -> pl.DataFrame:
         cur = items[:, t - 1]
         liked = np.where(interest[:, t - 1], cur, liked)
         u = rng.random(n)
-        follow = related[cur, rng.integers(0, _N_RELATED, size=n)]
+        follow = related[cur, rng.choice(_N_RELATED, size=n, p=_RELATED_WEIGHTS)]
         nxt = np.where(
             interest[:, t - 1],
             np.where(u < p.p_follow, follow, popular(n)),
@@ -126,6 +130,7 @@ def generate(p: SyntheticSource) -> pl.DataFrame:
         same = nxt == cur  # a repeat would merge into the current macro interaction
         nxt[same] = (cur[same] + 1 + rng.integers(0, m - 1, size=int(same.sum()))) % m
         items[:, t] = nxt
+        interest[:, t] |= nxt == liked  # coming back to a liked product is interest
 
     keep = np.arange(t_max)[None, :] < length[:, None]  # (n, t_max), session-major
     m_session = np.broadcast_to(np.arange(n)[:, None], keep.shape)[keep]
@@ -143,7 +148,7 @@ def generate(p: SyntheticSource) -> pl.DataFrame:
     counts = np.column_stack([np.ones(k, dtype=np.int64), modules, cart, order])  # (k, 6)
     codes = np.column_stack([source, np.broadcast_to(np.arange(5, 10), (k, 5))])  # (k, 6)
     dwell = np.rint(
-        np.exp(rng.normal(np.where(m_interest, np.log(80.0), np.log(12.0)), 0.8))
+        np.exp(rng.normal(np.where(m_interest, np.log(80.0), np.log(12.0)), 0.6))
     ).astype(np.float64)
 
     per_macro = counts.sum(1)

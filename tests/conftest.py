@@ -1,0 +1,44 @@
+"""Shared fixtures: compose the real configs, shrink them, and point every output at tmp_path."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+sys.path.insert(0, str(ROOT / "src"))  # the entry scripts live beside the package
+
+TINY = [
+    "data.source.n_sessions=600",
+    "data.source.n_items=60",
+    "data.source.n_categories=6",
+    "data.batch_size=64",
+    "trainer.max_epochs=1",
+    "callbacks.progress=null",
+    "model.item_dim=8",
+    "model.activity_dim=4",
+    "model.dwell_dim=4",
+    "model.hidden_size=12",
+    "model.attention_size=6",
+    "model.w2v_epochs=1",
+    "logger=none",
+]
+
+
+def compose_cfg(tmp_path: Path, overrides: list[str] = (), tiny: bool = True):
+    """The project's real config with `overrides`, outputs under tmp_path."""
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose(
+            config_name="train",
+            overrides=[*(TINY if tiny else []), f"run_dir={tmp_path}",
+                       f"cache_dir={tmp_path / 'cache'}", *overrides],
+        )
+
+
+@pytest.fixture
+def cfg_factory(tmp_path):
+    return lambda *overrides, tiny=True: compose_cfg(tmp_path, list(overrides), tiny)
