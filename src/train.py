@@ -23,11 +23,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from microrec.data import atomic_write
 from microrec.errors import MicrorecError
+from microrec.naming import job_label
 
 log = logging.getLogger("microrec.train")
 # Batches are built by vectorised indexing in the main process: loader workers would not help.
 warnings.filterwarnings("ignore", ".*does not have many workers.*")
 TAGGED_GROUPS = ("data", "model", "features", "encoder", "attention")
+OmegaConf.register_new_resolver("job_label", job_label, replace=True)
 
 
 def build(node: DictConfig, **kwargs):
@@ -47,7 +49,7 @@ def run_identity() -> dict:
     hc = HydraConfig.get()
     choices = hc.runtime.choices
     identity = {
-        "name": hc.job.override_dirname or "default",
+        "name": job_label(list(hc.overrides.task)),
         "tags": [f"{g}={choices[g]}" for g in TAGGED_GROUPS if g in choices],
     }
     if hc.mode == hydra.types.RunMode.MULTIRUN:

@@ -25,7 +25,6 @@ TINY = [
     "model.hidden_size=12",
     "model.attention_size=6",
     "model.w2v_epochs=1",
-    "logger=none",
 ]
 
 
@@ -34,7 +33,7 @@ def compose_cfg(tmp_path: Path, overrides: list[str] = (), tiny: bool = True):
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         return compose(
             config_name="train",
-            overrides=[*(TINY if tiny else []), f"run_dir={tmp_path}",
+            overrides=[*(TINY if tiny else []), "logger=none", f"run_dir={tmp_path}",
                        f"cache_dir={tmp_path / 'cache'}", *overrides],
         )
 

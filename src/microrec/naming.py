@@ -1,0 +1,47 @@
+"""Readable, safe names for multirun job folders and W&B runs: what the sweep varies."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import sys
+
+_SWEEP_FUNCTIONS = ("range(", "choice(", "glob(", "interval(")
+MAX_LEN = 80
+
+
+def _is_sweep(value: str) -> bool:
+    if value.startswith(_SWEEP_FUNCTIONS):
+        return True
+    depth = 0
+    for ch in value:
+        depth += ch in "[({"
+        depth -= ch in "])}"
+        if ch == "," and depth == 0:
+            return True
+    return False
+
+
+def swept_keys(argv: list[str]) -> set[str]:
+    """Keys given several values on the command line, e.g. features=sku,full -> {features}."""
+    keys = set()
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if sep and not arg.startswith("-") and _is_sweep(value):
+            keys.add(key.lstrip("+~"))
+    return keys
+
+
+def job_label(overrides: list[str], argv: list[str] | None = None) -> str:
+    """The job's swept `key=value` pairs joined by ',' ('job' if nothing is swept).
+
+    Path separators become '_'; a label longer than MAX_LEN is cut and given a short hash,
+    so it stays a single, valid folder name.
+    """
+    swept = swept_keys(sys.argv[1:] if argv is None else argv)
+    parts = [o for o in overrides if o.partition("=")[0].lstrip("+~") in swept]
+    label = re.sub(r"[/\\\s]+", "_", ",".join(parts)) or "job"
+    if len(label) > MAX_LEN:
+        digest = hashlib.sha1(label.encode()).hexdigest()[:8]
+        label = f"{label[:MAX_LEN - 9]}-{digest}"
+    return label

@@ -1,0 +1,58 @@
+"""The entry script as a user runs it, in a subprocess (slow: each pays Lightning's import)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT, TINY
+
+pytestmark = pytest.mark.slow
+FEATURES = ("sku", "sku_act", "sku_dwell", "full")
+
+
+def run_train(*args, tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env["HOME"] = str(tmp_path)  # keep W&B's settings files out of the real home
+    return subprocess.run([sys.executable, "src/train.py", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_four_feature_multirun_leaves_four_runs_and_one_wandb_group(tmp_path):
+    sweep = tmp_path / "multirun"
+    done = run_train("-m", f"features={','.join(FEATURES)}", *TINY,
+                     f"hydra.sweep.dir={sweep}", f"cache_dir={tmp_path / 'cache'}",
+                     tmp_path=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and p.name[0].isdigit())
+    assert [j.name for j in jobs] == [f"{i}_features={f}" for i, f in enumerate(FEATURES)]
+    run_ids, groups = set(), set()
+    for job in jobs:
+        metrics = json.loads((job / "metrics.json").read_text())
+        assert {"val/mrr@20", "test/recall@20", "test/mrr@20"} <= metrics.keys()
+        assert (job / ".hydra" / "config.yaml").is_file()
+        assert (job / "checkpoints" / "best.ckpt").is_file()
+        offline = list((job / "wandb").glob("offline-run-*/run-*.wandb"))
+        assert len(offline) == 1, "one offline W&B run per job"
+        run_ids.add(offline[0].stem)
+        blob = offline[0].read_bytes()
+        group = "multirun/" + "/".join(sweep.parts[-2:])
+        # RunRecord.run_group is protobuf field 6 (tag byte 0x32), then length, then text
+        assert bytes([0x32, len(group)]) + group.encode() in blob
+        groups.add(group)
+        assert f"features={job.name.split('=')[1]}".encode() in blob  # the run's tag
+    assert len(run_ids) == 4 and len(groups) == 1
+
+
+@pytest.mark.parametrize("override, message", [
+    ("features=bogus", "Could not find 'features/bogus'"),
+    ("data.source.n_items=3", "error: synthetic data needs n_sessions >= 1, n_items >= 7"),
+])
+def test_bad_input_is_one_sentence_and_a_nonzero_exit(tmp_path, override, message):
+    done = run_train(override, "logger=none", f"hydra.run.dir={tmp_path / 'run'}",
+                     f"cache_dir={tmp_path / 'cache'}", tmp_path=tmp_path)
+    assert done.returncode != 0
+    assert message in done.stderr
+    assert "Traceback" not in done.stderr + done.stdout
+    assert not (tmp_path / "run" / "metrics.json").exists()

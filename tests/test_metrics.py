@@ -1,0 +1,53 @@
+"""The ranking metric against a brute-force computation, ties included."""
+
+import torch
+
+from microrec.metrics import RankingMetrics
+from microrec.schema import NUM_SPECIAL, UNK
+
+
+def brute_force(scores, target, k):
+    hits, rr = 0.0, 0.0
+    for row, t in zip(scores.tolist(), target.tolist()):
+        if t < NUM_SPECIAL:
+            continue  # unknown product: a miss
+        real = row[NUM_SPECIAL:]
+        rank = sum(1 for s in real if s >= row[t])  # ties count against the model
+        if rank <= k:
+            hits += 1
+            rr += 1.0 / rank
+    return hits / len(target), rr / len(target)
+
+
+def test_metric_equals_brute_force_with_ties_over_batches():
+    g = torch.Generator().manual_seed(0)
+    metric = RankingMetrics()
+    all_scores, all_targets = [], []
+    for _ in range(3):
+        scores = torch.randint(0, 6, (40, 50), generator=g).float()  # many ties
+        target = torch.randint(NUM_SPECIAL, 50, (40,), generator=g)
+        target[:3] = UNK
+        metric.update(scores, target)
+        all_scores.append(scores)
+        all_targets.append(target)
+    got = metric.compute()
+    scores, target = torch.cat(all_scores), torch.cat(all_targets)
+    for k in (5, 10, 20):
+        recall, mrr = brute_force(scores, target, k)
+        assert abs(got[f"recall@{k}"].item() - recall) < 1e-6
+        assert abs(got[f"mrr@{k}"].item() - mrr) < 1e-6
+
+
+def test_a_tie_with_the_target_costs_a_rank():
+    scores = torch.tensor([[0.0, 0.0, 5.0, 5.0, 1.0]])  # target 3 ties with item 2
+    metric = RankingMetrics(ks=(1, 2))
+    metric.update(scores, torch.tensor([3]))
+    out = metric.compute()
+    assert out["recall@1"] == 0 and out["recall@2"] == 1 and out["mrr@2"] == 0.5
+
+
+def test_padding_and_unknown_columns_never_outrank_the_target():
+    scores = torch.tensor([[9.0, 9.0, 1.0, 0.0]])
+    metric = RankingMetrics(ks=(1,))
+    metric.update(scores, torch.tensor([2]))
+    assert metric.compute()["mrr@1"] == 1.0

@@ -1,0 +1,112 @@
+"""The RIB network: masking, every ablation, word2vec init, checkpoints."""
+
+import itertools
+
+import numpy as np
+import pytest
+import pytorch_lightning as L
+import torch
+
+from microrec.data import MicroDataModule
+from microrec.models.rib import RIB
+from microrec.schema import FEATURES, PAD
+from microrec.synthetic import SyntheticSource
+from microrec.word2vec import train_vectors
+
+SMALL = dict(item_dim=8, activity_dim=4, dwell_dim=4, hidden_size=12, attention_size=6,
+             init="random")
+
+
+@pytest.fixture(scope="module")
+def dm(tmp_path_factory):
+    data = MicroDataModule(SyntheticSource(n_sessions=400, n_items=50, n_categories=5),
+                           batch_size=32, eval_batch_size=64,
+                           cache_dir=str(tmp_path_factory.mktemp("cache")))
+    data.setup()
+    return data
+
+
+def rib(dm, **kw):
+    return RIB(dm.n_items, dm.n_activities, dm.n_dwell, **{**SMALL, **kw})
+
+
+def test_padded_positions_get_exactly_zero_attention(dm):
+    batch = dm.dataset("val")[list(range(32))]
+    assert (batch["item"] == PAD).any(), "the batch must mix input lengths"
+    model = rib(dm).eval()
+    with torch.no_grad():
+        att = model.attention_weights(batch)  # (B, T)
+    real = batch["item"] != PAD
+    assert torch.all(att[~real] == 0)
+    assert torch.all(att[real] > 0)
+    assert torch.allclose(att.sum(1), torch.ones(att.size(0)))
+
+
+@pytest.mark.parametrize("encoder, attention, features",
+                         list(itertools.product(("gru", "lstm", "rnn"), (True, False),
+                                                FEATURES)))
+def test_every_ablation_runs_forward_and_backward(dm, encoder, attention, features):
+    model = rib(dm, encoder=encoder, attention=attention, features=features)
+    batch = dm.dataset("train")[list(range(16))]
+    loss = torch.nn.functional.cross_entropy(model.logits(batch), batch["target"])
+    loss.backward()
+    assert model.item_emb.weight.grad.abs().sum() > 0
+    for table, channel in ((model.activity_emb, "activity"), (model.dwell_emb, "dwell")):
+        uses = channel in FEATURES[features]
+        assert (table is not None) == uses
+        if uses:
+            assert table.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("attention", [True, False])
+def test_scores_do_not_depend_on_padding(dm, attention):
+    """An example scores the same alone and padded inside a batch of longer inputs."""
+    ds = dm.dataset("val")
+    lengths = ds.lengths()
+    short, long = int(lengths.argmin()), int(lengths.argmax())
+    assert lengths[short] < lengths[long]
+    model = rib(dm, attention=attention).eval()
+    with torch.no_grad():
+        alone = model(ds[[short]])
+        padded = model(ds[[long, short]])[1:]
+    assert torch.allclose(alone, padded, atol=1e-5)
+
+
+def test_word2vec_init_puts_gensims_vectors_into_the_tables(dm):
+    from gensim.models import Word2Vec
+
+    from microrec.word2vec import _stable_hash
+
+    train = dm.prepared.splits["train"]
+    sentences = np.split(train.tokens[:, 0], train.session_end[:-1])
+    table = train_vectors(sentences, dm.n_items, dim=8, window=3, epochs=2, seed=5)
+    reference = Word2Vec([s.tolist() for s in sentences], vector_size=8, window=3, min_count=1,
+                         sg=0, workers=1, epochs=2, seed=5, hashfxn=_stable_hash)
+    for key in reference.wv.index_to_key[:20]:
+        np.testing.assert_allclose(table[key], reference.wv[key], rtol=1e-6)
+    assert not table[PAD].any()
+
+    model = rib(dm, init="word2vec", w2v_window=3, w2v_epochs=2)
+    model.load_word2vec(dm)
+    for channel, emb in (("item", model.item_emb), ("activity", model.activity_emb),
+                         ("dwell", model.dwell_emb)):
+        expected = dm.word2vec(channel, emb.embedding_dim, 3, 2)
+        np.testing.assert_array_equal(emb.weight.detach().numpy(), expected)
+    assert model.item_emb.weight[2:].std() > 0.05  # trained vectors, not the tiny random fill
+
+
+def test_reload_from_checkpoint_gives_identical_scores(dm, tmp_path):
+    L.seed_everything(0)
+    model = rib(dm, features="sku_dwell", encoder="lstm")
+    trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(model, datamodule=dm)
+    path = tmp_path / "model.ckpt"
+    trainer.save_checkpoint(path)
+    reloaded = RIB.load_from_checkpoint(path)  # no Hydra, no data module needed
+    assert reloaded.hparams.encoder == "lstm" and reloaded.hparams.features == "sku_dwell"
+    batch = dm.dataset("test")[list(range(20))]
+    model.eval()
+    reloaded.eval()
+    with torch.no_grad():
+        assert torch.equal(model(batch), reloaded(batch))
