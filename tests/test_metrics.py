@@ -8,7 +8,7 @@ from microrec.schema import NUM_SPECIAL, UNK
 
 def brute_force(scores, target, k):
     hits, rr = 0.0, 0.0
-    for row, t in zip(scores.tolist(), target.tolist()):
+    for row, t in zip(scores.tolist(), target.tolist(), strict=True):
         if t < NUM_SPECIAL:
             continue  # unknown product: a miss
         real = row[NUM_SPECIAL:]
