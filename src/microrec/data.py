@@ -24,7 +24,11 @@ log = logging.getLogger(__name__)
 
 
 class EventSource(Protocol):
-    """What a data set provides: a name, a content hash, and the canonical event table."""
+    """What a data set provides: a name, a content hash, and the canonical event table.
+
+    A source may also expose `activity_groups` (group name -> activity names, as
+    `schema.PAPER_GROUPS`) for the Section 3 analyses.
+    """
 
     name: str
 

@@ -39,6 +39,14 @@ ACTIVITIES = (
 )
 CLICK_SOURCES = ACTIVITIES[:5]
 BROWSING_MODULES = ACTIVITIES[5:8]
+# Activity groups of the paper's Section 3 analysis. A source whose activities differ exposes
+# its own mapping as `activity_groups` (a group it lacks is simply absent).
+PAPER_GROUPS = {
+    "click_source": CLICK_SOURCES,
+    "browsing_module": BROWSING_MODULES,
+    "cart": ("Cart",),
+    "order": ("Order",),
+}
 
 # Id 0 is padding and id 1 is "unknown" in every vocabulary (items, activities, buckets).
 PAD = 0

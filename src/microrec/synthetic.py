@@ -78,6 +78,10 @@ class SyntheticSource:
     def name(self) -> str:
         return "synthetic"
 
+    @property
+    def activity_groups(self) -> dict[str, tuple[str, ...]]:
+        return S.PAPER_GROUPS
+
     def fingerprint(self) -> str:
         """A hash of everything that determines the generated table."""
         blob = json.dumps({"v": GENERATOR_VERSION, **asdict(self)}, sort_keys=True)
