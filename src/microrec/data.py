@@ -174,8 +174,9 @@ class MicroDataModule(L.LightningDataModule):
             log.info("loaded processed %s from %s", self.source.name, path)
         else:
             log.info("processing %s (cache miss: %s)", self.source.name, path)
-            events = S.validate_events(self.source.load(), self.source.name)
-            self.prepared = prepare(events, source=self.source.name, **self.protocol)
+            # no name keeps the raw table alive while prepare() slims it down
+            self.prepared = prepare(S.validate_events(self.source.load(), self.source.name),
+                                    source=self.source.name, **self.protocol)
             atomic_write(path, lambda tmp: torch.save(self.prepared, tmp))
         self._check_features()
         log.info("%s: %s", self.source.name, json.dumps(self.prepared.stats))

@@ -69,25 +69,42 @@ class Prepared:
         return len(self.activities) + S.NUM_SPECIAL
 
 
+GMACRO = "gmacro"  # global index of the macro interaction over the whole sorted table
+
+
 def macro_interactions(events: pl.DataFrame) -> pl.DataFrame:
-    """Add the macro-interaction index: consecutive events of a session on the same item."""
-    new = (pl.col(S.ITEM) != pl.col(S.ITEM).shift(1)).fill_null(True)
-    return events.sort(S.SESSION, S.POS).with_columns(
-        (new.cast(pl.Int32).cum_sum() - 1).over(S.SESSION).alias(S.MACRO)
+    """Sort by (session, pos) and number the macro interactions.
+
+    A macro interaction is a run of consecutive events of one session on the same item.
+    Adds MACRO (index inside the session, from 0) and GMACRO (index over the whole table).
+    Linear scans on the sorted table: no grouping, so it stays cheap at 40M events.
+    """
+    ordered = events.select(
+        ((pl.col(S.SESSION).diff() > 0) | ((pl.col(S.SESSION).diff() == 0)
+                                           & (pl.col(S.POS).diff() > 0))).all()
+    ).item(0, 0) if events.height > 1 else True
+    if not ordered:
+        events = events.sort(S.SESSION, S.POS)
+    new_session = (pl.col(S.SESSION) != pl.col(S.SESSION).shift(1)).fill_null(True)
+    new_macro = new_session | (pl.col(S.ITEM) != pl.col(S.ITEM).shift(1)).fill_null(True)
+    gmacro = new_macro.cum_sum().cast(pl.Int64) - 1
+    first_of_session = pl.when(new_session).then(gmacro).forward_fill()
+    return events.with_columns(gmacro.alias(GMACRO)).with_columns(
+        (pl.col(GMACRO) - first_of_session).cast(pl.Int32).alias(S.MACRO)
     )
 
 
 def macro_table(events: pl.DataFrame) -> pl.DataFrame:
-    """One row per macro interaction with its item, dwell (given or derived) and start time.
+    """One row per macro interaction (in GMACRO order) with its item, dwell and start time.
 
     Given dwell wins; where it is missing the dwell is the time to the next macro
     interaction's first event, and the last macro interaction of a session stays null
     (the `unknown` bucket), never a guess.
     """
-    macros = events.group_by(S.SESSION, S.MACRO, maintain_order=True).agg(
-        pl.col(S.ITEM).first(), pl.col(S.DWELL).first(), pl.col(S.TS).first()
-    )
-    derived = (pl.col(S.TS).shift(-1) - pl.col(S.TS)).over(S.SESSION)
+    first_events = events.filter(pl.col(GMACRO).diff().fill_null(1) != 0)
+    macros = first_events.select(S.SESSION, S.MACRO, S.ITEM, S.DWELL, S.TS)
+    same_session = pl.col(S.SESSION).shift(-1) == pl.col(S.SESSION)
+    derived = pl.when(same_session).then(pl.col(S.TS).shift(-1) - pl.col(S.TS))
     macros = macros.with_columns(pl.coalesce(S.DWELL, derived.cast(pl.Float64)).alias(S.DWELL))
     bad = macros.filter(pl.col(S.DWELL) < 0)
     if bad.height:
@@ -145,7 +162,11 @@ def prepare(
     seed: int = 0,
     source: str = "data",
 ) -> Prepared:
-    """Run the protocol on a validated canonical event table."""
+    """Run the protocol on a validated canonical event table.
+
+    Event-level work is linear scans and gathers by macro index (no event-level joins), so
+    paper scale (about 40M events) fits in a few GiB.
+    """
     if buckets not in BUCKET_SCHEMES:
         raise ConfigError(f"unknown dwell buckets '{buckets}': choose one of "
                           f"{', '.join(BUCKET_SCHEMES)}.")
@@ -157,30 +178,33 @@ def prepare(
     if min_macros < 2:
         raise ConfigError("min_macros must be at least 2: a session needs an input and a target.")
 
-    events = macro_interactions(events)
+    # Activities as small integer codes right away: 40M strings are the largest column.
+    names = events[S.ACTIVITY].drop_nulls().unique().sort().cast(pl.String).to_list()
+    events = macro_interactions(events.select(
+        S.SESSION, S.POS, S.ITEM, S.DWELL, S.TS,
+        pl.col(S.ACTIVITY).cast(pl.String).cast(pl.Enum(names)).to_physical().alias("act"),
+    ))
     macros = macro_table(events)
+    stats = {"sessions": int(macros[S.SESSION].n_unique()), "events": events.height}
 
     n_macros = macros.group_by(S.SESSION).agg(pl.len().alias("n_macros"))
-    short = n_macros.filter(pl.col("n_macros") < min_macros)
-    stats = {"sessions": n_macros.height, "events": events.height,
-             f"sessions_dropped_fewer_than_{min_macros}_macros": short.height}
+    short = n_macros.filter(pl.col("n_macros") < min_macros).select(S.SESSION)
+    stats[f"sessions_dropped_fewer_than_{min_macros}_macros"] = short.height
     if short.height:
         log.info("%s: dropped %d of %d sessions with fewer than %d macro interactions",
                  source, short.height, n_macros.height, min_macros)
-        events = events.join(short.select(S.SESSION), on=S.SESSION, how="anti")
-        macros = macros.join(short.select(S.SESSION), on=S.SESSION, how="anti")
+        events = macro_interactions(events.join(short, on=S.SESSION, how="anti",
+                                                maintain_order="left"))
+        macros = macro_table(events)
     if macros.height == 0:
         raise DataError(f"{source}: no session has {min_macros} or more macro interactions, "
                         "so there is nothing to learn or evaluate.")
 
     assignment = split_sessions(macros, split, seed)
-    macros = macros.join(assignment, on=S.SESSION)
-    events = events.join(assignment, on=S.SESSION)
-
+    macros = macros.join(assignment, on=S.SESSION, maintain_order="left")
     train_macros = macros.filter(pl.col("split") == 0)
     edges = fit_quantile_edges(train_macros[S.DWELL]) if buckets == "quantile" \
         else BUCKET_EDGES[buckets]
-    macros = macros.with_columns(bucketize(pl.col(S.DWELL), edges).alias(S.BUCKET))
 
     # Vocabularies from the training split alone, most frequent first.
     item_vocab = (
@@ -188,32 +212,36 @@ def prepare(
         .sort(["count", S.ITEM], descending=[True, False])
         .with_row_index("item_id", offset=S.NUM_SPECIAL)
     )
-    train_events = events.filter(pl.col("split") == 0)
-    activity_vocab = (
-        train_events.filter(pl.col(S.ACTIVITY).is_not_null())
-        .group_by(S.ACTIVITY).agg(pl.len().alias("count"))
-        .sort(["count", S.ACTIVITY], descending=[True, False])
-        .with_row_index("activity_id", offset=S.NUM_SPECIAL)
+    macros = macros.join(item_vocab.select(S.ITEM, "item_id"), on=S.ITEM, how="left",
+                         maintain_order="left").with_columns(
+        pl.col("item_id").fill_null(S.UNK).cast(pl.Int32),
+        bucketize(pl.col(S.DWELL), edges).alias(S.BUCKET),
     )
 
-    macros = macros.join(item_vocab.select(S.ITEM, "item_id"), on=S.ITEM, how="left")
-    tokens = (
-        events.select(S.SESSION, S.POS, S.MACRO, S.ACTIVITY, "split")
-        .join(macros.select(S.SESSION, S.MACRO, "item_id", S.BUCKET), on=[S.SESSION, S.MACRO])
-        .join(activity_vocab.select(S.ACTIVITY, "activity_id"), on=S.ACTIVITY, how="left")
-        .with_columns(
-            pl.col("item_id").fill_null(S.UNK).cast(pl.Int32),
-            pl.col("activity_id").fill_null(S.UNK).cast(pl.Int32),
-        )
-        .sort("split", S.SESSION, S.POS)
-    )
+    # Broadcast macro attributes to events by gathering on the global macro index.
+    gmacro = events[GMACRO].to_numpy()
+    event_split = macros["split"].to_numpy()[gmacro]
+    act = events["act"].fill_null(len(names)).to_numpy().astype(np.int64)  # null -> extra code
+    counts = np.bincount(act[event_split == 0], minlength=len(names) + 1)[:len(names)]
+    order = sorted((i for i in range(len(names)) if counts[i]), key=lambda i: (-counts[i],
+                                                                               names[i]))
+    act_lookup = np.full(len(names) + 1, S.UNK, dtype=np.int32)
+    act_lookup[order] = np.arange(S.NUM_SPECIAL, S.NUM_SPECIAL + len(order), dtype=np.int32)
+    tokens = np.column_stack([
+        macros["item_id"].to_numpy()[gmacro],
+        act_lookup[act],
+        macros[S.BUCKET].to_numpy()[gmacro],
+    ]).astype(np.int32)  # (E, 3)
+    macros = macros.with_columns(pl.Series("size", np.bincount(gmacro, minlength=macros.height)))
+    del events, act, gmacro
 
     splits = {}
     for code, name in enumerate(SPLITS):
-        part = tokens.filter(pl.col("split") == code).with_row_index("row")
-        splits[name] = _examples(part, train=(code == 0), eval_targets=eval_targets)
+        mask = event_split == code
+        splits[name] = _examples(macros.filter(pl.col("split") == code), tokens[mask],
+                                 train=(code == 0), eval_targets=eval_targets)
         stats[f"{name}/sessions"] = int(splits[name].session_end.size)
-        stats[f"{name}/events"] = int(part.height)
+        stats[f"{name}/events"] = int(mask.sum())
         stats[f"{name}/examples"] = int(splits[name].target.size)
         stats[f"{name}/unknown_targets"] = int((splits[name].target == S.UNK).sum())
     for name in SPLITS[1:]:
@@ -225,34 +253,43 @@ def prepare(
     return Prepared(
         splits=splits,
         items=item_vocab[S.ITEM].to_list(),
-        activities=activity_vocab[S.ACTIVITY].to_list(),
+        activities=[names[i] for i in order],
         bucket_edges=tuple(edges),
-        has_activity=activity_vocab.height > 0,
+        has_activity=bool(order),
         has_dwell=bool((macros[S.BUCKET] != S.UNK).any()),
         stats=stats,
     )
 
 
-def _examples(part: pl.DataFrame, train: bool, eval_targets: str) -> SplitArrays:
-    """Examples of one split: for macro t with a successor, input = tokens of m1..mt."""
-    per_macro = (
-        part.group_by(S.SESSION, S.MACRO, maintain_order=True)
-        .agg(pl.col("row").first().alias("start"), (pl.col("row").last() + 1).alias("end"),
-             pl.col("item_id").first())
-        .with_columns(
-            pl.col("start").min().over(S.SESSION).alias("first"),
-            pl.col("item_id").shift(-1).over(S.SESSION).alias("target"),
-            pl.len().over(S.SESSION).alias("n_macros"),
-        )
-        .filter(pl.col("target").is_not_null())
+def _examples(macros: pl.DataFrame, tokens: np.ndarray, train: bool,
+              eval_targets: str) -> SplitArrays:
+    """Examples of one split from its macro interactions (in token order) and its tokens.
+
+    For macro interaction t with a successor in its session, the input is the tokens of
+    m1..mt and the target the successor's item.
+    """
+    size = macros["size"].to_numpy()
+    end = np.cumsum(size)  # row after each macro interaction's last token
+    per_macro = macros.select(S.SESSION, S.MACRO, "item_id").with_columns(
+        pl.Series("start", end - size), pl.Series("end", end),
     )
+    same_session = pl.col(S.SESSION).shift(-1) == pl.col(S.SESSION)
+    new_session = (pl.col(S.SESSION) != pl.col(S.SESSION).shift(1)).fill_null(True)
+    last_in_session = ~same_session.fill_null(False)
+    per_macro = per_macro.with_columns(
+        pl.when(new_session).then(pl.col("start")).forward_fill().alias("first"),
+        pl.when(same_session).then(pl.col("item_id").shift(-1)).alias("target"),
+        last_in_session.alias("last"),
+        last_in_session.shift(-1).fill_null(False).alias("target_is_last"),
+    )
+    session_end = per_macro.filter(pl.col("last"))["end"].to_numpy()
+    examples = per_macro.filter(pl.col("target").is_not_null())
     if not train and eval_targets == "last":
-        per_macro = per_macro.filter(pl.col(S.MACRO) == pl.col("n_macros") - 2)
-    sessions = part.group_by(S.SESSION, maintain_order=True).agg(pl.col("row").last() + 1)
+        examples = examples.filter(pl.col("target_is_last"))
     return SplitArrays(
-        tokens=part.select("item_id", "activity_id", S.BUCKET).to_numpy().astype(np.int32),
-        first=per_macro["first"].to_numpy().astype(np.int64),
-        end=per_macro["end"].to_numpy().astype(np.int64),
-        target=per_macro["target"].to_numpy().astype(np.int64),
-        session_end=sessions["row"].to_numpy().astype(np.int64),
+        tokens=tokens,
+        first=examples["first"].to_numpy().astype(np.int64),
+        end=examples["end"].to_numpy().astype(np.int64),
+        target=examples["target"].to_numpy().astype(np.int64),
+        session_end=session_end.astype(np.int64),
     )
