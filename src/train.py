@@ -86,10 +86,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
     metrics["epochs"] = trainer.current_epoch
     metrics["time/total_s"] = round(time.time() - started, 2)
 
-    text = json.dumps(metrics, indent=2, sort_keys=True)
-    atomic_write(run_dir / "metrics.json", lambda tmp: Path(tmp).write_text(text + "\n"))
-    log.info("test/recall@20 %.4f  test/mrr@20 %.4f  -> %s", metrics["test/recall@20"],
-             metrics["test/mrr@20"], run_dir / "metrics.json")
+    if trainer.is_global_zero:  # under DDP every rank runs this script; one writes
+        text = json.dumps(metrics, indent=2, sort_keys=True)
+        atomic_write(run_dir / "metrics.json", lambda tmp: Path(tmp).write_text(text + "\n"))
+        log.info("test/recall@20 %.4f  test/mrr@20 %.4f  -> %s", metrics["test/recall@20"],
+                 metrics["test/mrr@20"], run_dir / "metrics.json")
 
     if logger is not None and cfg.logger._target_.endswith("WandbLogger"):
         import wandb

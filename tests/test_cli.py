@@ -56,3 +56,29 @@ def test_bad_input_is_one_sentence_and_a_nonzero_exit(tmp_path, override, messag
     assert message in done.stderr
     assert "Traceback" not in done.stderr + done.stdout
     assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_ddp_on_two_cpu_processes_evaluates_like_one(tmp_path):
+    """Train with DDP (gloo, 2 processes), then re-evaluate its checkpoint in one process."""
+    import hydra
+    import pytorch_lightning as L
+    from conftest import compose_cfg
+
+    from microrec.models.rib import RIB
+
+    run = tmp_path / "run"
+    overrides = [*TINY, "data.eval_batch_size=50", f"cache_dir={tmp_path / 'cache'}"]
+    done = run_train("trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
+                     "logger=none", *overrides, f"hydra.run.dir={run}", tmp_path=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ddp = json.loads((run / "metrics.json").read_text())
+
+    cfg = compose_cfg(tmp_path / "single", overrides)
+    dm = hydra.utils.instantiate(cfg.data)
+    model = RIB.load_from_checkpoint(run / "checkpoints" / "best.ckpt")
+    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False)
+    single = {**trainer.validate(model, datamodule=dm, verbose=False)[0],
+              **trainer.test(model, datamodule=dm, verbose=False)[0]}
+    assert dm.dataset("val").target.numel() % 100 != 0  # uneven shards across the 2 ranks
+    for name in ("val/recall@20", "val/mrr@20", "test/recall@5", "test/mrr@20"):
+        assert abs(ddp[name] - single[name]) < 1e-6, name

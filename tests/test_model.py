@@ -110,3 +110,40 @@ def test_reload_from_checkpoint_gives_identical_scores(dm, tmp_path):
     reloaded.eval()
     with torch.no_grad():
         assert torch.equal(model(batch), reloaded(batch))
+
+
+def test_sampled_softmax_with_every_product_as_negative_is_the_full_softmax():
+    from microrec.models.rib import sampled_softmax_loss
+
+    g = torch.Generator().manual_seed(0)
+    n, h_size = 30, 5
+    h = torch.randn(8, h_size, generator=g)
+    weight, bias = torch.nn.Embedding(n, h_size), torch.nn.Embedding(n, 1)
+    target = torch.randint(2, n, (8,), generator=g)
+    negatives = torch.arange(2, n)  # K = 28 real products, each once
+    log_q = torch.full((n,), -float(np.log(n - 2)))  # uniform: K q = 1, no correction
+    sampled = sampled_softmax_loss(h, weight, bias, target, negatives, log_q)
+    scores = h @ weight.weight.T + bias.weight.T  # (B, n)
+    full = torch.nn.functional.cross_entropy(scores[:, 2:], target - 2)
+    assert torch.allclose(sampled, full, atol=1e-6)
+    # a non-uniform q shifts each logit by -log(K q): check one hand-picked case
+    skewed = log_q.clone()
+    skewed[target[0]] += 1.0
+    assert not torch.allclose(sampled_softmax_loss(h, weight, bias, target, negatives, skewed),
+                              full)
+
+
+def test_sampled_loss_updates_only_the_sampled_rows(dm):
+    L.seed_everything(0)
+    model = rib(dm, loss="sampled", n_negatives=4)
+    model.set_sampling(dm.prepared.splits["train"].target)
+    assert torch.all(model.log_q[:2] < -60)  # padding and unknown are never drawn
+    before = model.out_weight.weight.detach().clone()
+    trainer = L.Trainer(max_steps=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)
+    batch = dm.dataset("train")[list(range(8))]
+    trainer.fit(model, train_dataloaders=torch.utils.data.DataLoader([batch], batch_size=None))
+    changed = (model.out_weight.weight.detach() != before).any(1)
+    assert changed.any()
+    assert changed.sum() <= 8 + 4  # the batch's targets and the 4 negatives at most
+    assert changed[batch["target"]].all()

@@ -89,3 +89,10 @@ def test_micro_behaviors_beat_products_alone_on_planted_signal(cfg_factory, tmp_
     stderr = gain.std(ddof=1) / np.sqrt(gain.size)
     assert gain.size > 2000
     assert gain.mean() > 4 * stderr, (gain.mean(), stderr)
+
+
+def test_sampled_softmax_trains_end_to_end(cfg_factory, tmp_path):
+    metrics = train(cfg_factory("model.loss=sampled", "model.n_negatives=16"))
+    assert 0 < metrics["val/recall@20"] <= 1
+    assert RIB.load_from_checkpoint(tmp_path / "checkpoints" / "best.ckpt").hparams.loss == \
+        "sampled"

@@ -14,7 +14,7 @@ import numpy as np
 import polars as pl
 import pytorch_lightning as L
 import torch
-from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler, SequentialSampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from microrec import schema as S
 from microrec.errors import ConfigError
@@ -94,26 +94,54 @@ class LengthBucketBatches(Sampler):
     """Random batches of similar input length, so little compute goes to padding.
 
     Each epoch shuffles all examples, sorts windows of `pool` batches by length, cuts them
-    into batches and shuffles the batch order. Draws from torch's global generator, so
-    `seed_everything` makes the order reproducible.
+    into batches and shuffles the batch order. The order depends only on torch's initial
+    seed (set by `seed_everything`) and the epoch, so every DDP rank draws the same order
+    and takes its own share: batches rank, rank + world, ..., cut to an equal count so all
+    ranks run the same number of steps.
     """
 
-    def __init__(self, lengths: torch.Tensor, batch_size: int, pool: int = 50):
+    def __init__(self, lengths: torch.Tensor, batch_size: int, pool: int = 50,
+                 rank: int = 0, world: int = 1):
         self.lengths = lengths
         self.batch_size = batch_size
         self.window = batch_size * pool
+        self.rank, self.world = rank, world
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
 
     def __len__(self) -> int:
-        return -(-self.lengths.numel() // self.batch_size)
+        return -(-self.lengths.numel() // self.batch_size) // self.world
 
     def __iter__(self):
-        order = torch.randperm(self.lengths.numel())
+        g = torch.Generator().manual_seed(torch.initial_seed() * 1_000_003 + self.epoch)
+        self.epoch += 1  # a new order next time even if no trainer calls set_epoch
+        order = torch.randperm(self.lengths.numel(), generator=g)
         batches = []
         for window in order.split(self.window):
             window = window[torch.argsort(self.lengths[window], stable=True)]
             batches.extend(window.split(self.batch_size))
-        for i in torch.randperm(len(batches)).tolist():
+        shuffled = torch.randperm(len(batches), generator=g).tolist()
+        for i in shuffled[self.rank::self.world][:len(self)]:
             yield batches[i]
+
+
+class EvalBatches(Sampler):
+    """Consecutive batches in example order; under DDP each rank takes every world-th batch.
+
+    No example is repeated or padded in, so the metric states summed over ranks equal a
+    single process's exactly.
+    """
+
+    def __init__(self, n: int, batch_size: int, rank: int = 0, world: int = 1):
+        self.batches = torch.arange(n).split(batch_size)[rank::world]
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self):
+        return iter(self.batches)
 
 
 class MicroDataModule(L.LightningDataModule):
@@ -126,6 +154,7 @@ class MicroDataModule(L.LightningDataModule):
         split: train / validation / test fractions of sessions.
         eval_targets: last (one example per session) or all (every prefix).
         max_len: most recent micro-behaviors kept in an input.
+        num_workers: loader processes (batches are cheap gathers; workers help on a GPU).
         min_macros: sessions with fewer macro interactions are dropped (and counted).
         cache_dir: where processed tensors and word2vec vectors are kept.
     """
@@ -141,6 +170,7 @@ class MicroDataModule(L.LightningDataModule):
         min_macros: int = 2,
         batch_size: int = 256,
         eval_batch_size: int = 512,
+        num_workers: int = 0,
         seed: int = 0,
         cache_dir: str = "outputs/cache",
     ):
@@ -155,6 +185,7 @@ class MicroDataModule(L.LightningDataModule):
         self.max_len = max_len
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
+        self.num_workers = num_workers
         self.cache_dir = Path(cache_dir)
         self.prepared: Prepared | None = None
 
@@ -214,11 +245,16 @@ class MicroDataModule(L.LightningDataModule):
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         data = self.dataset(split)
+        trainer = self.trainer
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
         if shuffle:
-            batches = LengthBucketBatches(data.lengths(), self.batch_size)
+            batches = LengthBucketBatches(data.lengths(), self.batch_size, rank=rank,
+                                          world=world)
         else:
-            batches = BatchSampler(SequentialSampler(data), self.eval_batch_size, drop_last=False)
-        return DataLoader(data, sampler=batches, batch_size=None)
+            batches = EvalBatches(len(data), self.eval_batch_size, rank=rank, world=world)
+        pin = bool(trainer) and trainer.accelerator.__class__.__name__ == "CUDAAccelerator"
+        return DataLoader(data, sampler=batches, batch_size=None, num_workers=self.num_workers,
+                          pin_memory=pin, persistent_workers=self.num_workers > 0)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -16,6 +18,28 @@ log = logging.getLogger(__name__)
 
 ENCODERS = {"gru": nn.GRU, "lstm": nn.LSTM, "rnn": nn.RNN}
 INITS = ("word2vec", "random")
+LOSSES = ("full", "sampled")
+NEGATIVE_POWER = 0.75  # negatives drawn with probability ~ (training target count + 1) ** 0.75
+
+
+def sampled_softmax_loss(h: torch.Tensor, out_weight: nn.Embedding, out_bias: nn.Embedding,
+                         target: torch.Tensor, negatives: torch.Tensor,
+                         log_q: torch.Tensor) -> torch.Tensor:
+    """Softmax cross-entropy over each target and K negatives shared by the batch.
+
+    Logits are corrected by log(K q(i)), q the sampling distribution (logQ correction), so
+    the loss estimates the full softmax; a negative equal to the row's target is removed.
+    The output rows are looked up through the tables' forward, so sparse tables get sparse
+    gradients. h: (B, H); target: (B,); negatives: (K,); log_q: (N,) log probabilities.
+    """
+    k = negatives.numel()
+    pos = (h * out_weight(target)).sum(-1) + out_bias(target).squeeze(-1)  # (B,)
+    neg = h @ out_weight(negatives).T + out_bias(negatives).squeeze(-1)  # (B, K)
+    pos = pos - log_q[target] - math.log(k)
+    neg = neg - log_q[negatives] - math.log(k)
+    neg = neg.masked_fill(negatives[None, :] == target[:, None], float("-inf"))  # hits
+    logits = torch.cat([pos[:, None], neg], dim=1)  # (B, 1 + K), the target is column 0
+    return F.cross_entropy(logits, torch.zeros_like(target))
 
 
 class Attention(nn.Module):
@@ -50,7 +74,10 @@ class RIB(Recommender):
         dropout: on the concatenated embeddings and on the pooled state.
         init: word2vec (gensim vectors of the training split) or random.
         w2v_window, w2v_epochs: word2vec settings when init=word2vec.
-        lr, weight_decay: Adam settings.
+        lr, weight_decay: Adam settings (weight decay applies to the dense parameters).
+        loss: full (softmax over every product) or sampled (n_negatives popularity-sampled
+            negatives shared by the batch, logQ-corrected; the product tables then get
+            sparse gradients and SparseAdam). Evaluation always ranks every product.
     """
 
     def __init__(
@@ -72,15 +99,21 @@ class RIB(Recommender):
         w2v_epochs: int = 5,
         lr: float = 1e-3,
         weight_decay: float = 0.0,
+        loss: str = "full",
+        n_negatives: int = 2048,
     ):
         super().__init__()
+        if loss not in LOSSES:
+            raise ConfigError(f"unknown loss '{loss}': choose full or sampled.")
         if encoder not in ENCODERS:
             raise ConfigError(f"unknown encoder '{encoder}': choose one of {', '.join(ENCODERS)}.")
         if init not in INITS:
             raise ConfigError(f"unknown init '{init}': choose word2vec or random.")
         self.save_hyperparameters()
         self.channels = channels(features)
-        self.item_emb = nn.Embedding(n_items, item_dim, padding_idx=PAD)
+        sparse = loss == "sampled"  # only the sampled rows of the product tables change
+        self.automatic_optimization = not sparse  # two optimizers: Adam and SparseAdam
+        self.item_emb = nn.Embedding(n_items, item_dim, padding_idx=PAD, sparse=sparse)
         self.activity_emb = (nn.Embedding(n_activities, activity_dim, padding_idx=PAD)
                              if "activity" in self.channels else None)
         self.dwell_emb = (nn.Embedding(n_dwell, dwell_dim, padding_idx=PAD)
@@ -90,11 +123,29 @@ class RIB(Recommender):
         self.rnn = ENCODERS[encoder](input_size, hidden_size, batch_first=True)
         self.attention = Attention(hidden_size, attention_size) if attention else None
         self.dropout = nn.Dropout(dropout)
-        self.out = nn.Linear(hidden_size, n_items)
+        # output layer as tables so that a sampled loss can update rows sparsely
+        self.out_weight = nn.Embedding(n_items, hidden_size, sparse=sparse)
+        self.out_bias = nn.Embedding(n_items, 1, sparse=sparse)
+        nn.init.uniform_(self.out_weight.weight, -hidden_size ** -0.5, hidden_size ** -0.5)
+        nn.init.zeros_(self.out_bias.weight)
+        self.register_buffer("log_q", torch.zeros(n_items), persistent=False)
 
     def setup(self, stage: str) -> None:
-        if stage == "fit" and self.hparams.init == "word2vec":
-            self.load_word2vec(self.trainer.datamodule)
+        dm = self.trainer.datamodule
+        if stage != "fit" or dm is None:  # without a data module the caller prepares these
+            return
+        if self.hparams.init == "word2vec":
+            self.load_word2vec(dm)
+        if self.hparams.loss == "sampled":
+            self.set_sampling(dm.prepared.splits["train"].target)
+
+    def set_sampling(self, train_targets: np.ndarray) -> None:
+        """Negative sampling distribution from the training targets' popularity."""
+        counts = np.bincount(train_targets, minlength=self.hparams.n_items).astype(np.float64)
+        q = (counts + 1.0) ** NEGATIVE_POWER
+        q[:NUM_SPECIAL] = 0.0  # padding and unknown are never negatives
+        q = torch.as_tensor(q / q.sum(), dtype=torch.float32, device=self.log_q.device)
+        self.log_q.copy_(torch.log(q.clamp(min=1e-30)))
 
     def load_word2vec(self, dm) -> None:
         """Copy gensim vectors trained on the training split into the embedding tables."""
@@ -135,14 +186,29 @@ class RIB(Recommender):
         return h[torch.arange(h.size(0), device=h.device), last]  # (B, H)
 
     def logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.out(self.dropout(self.pooled(batch)))  # (B, n_items)
+        h = self.dropout(self.pooled(batch))  # (B, H)
+        return h @ self.out_weight.weight.T + self.out_bias.weight.T  # (B, n_items)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return mask_special(self.logits(batch))  # (B, n_items)
 
     def training_step(self, batch, batch_idx):
-        loss = F.cross_entropy(self.logits(batch), batch["target"])
-        self.log("train/loss", loss, prog_bar=True, batch_size=batch["target"].numel())
+        target = batch["target"]  # (B,)
+        if self.automatic_optimization:
+            loss = F.cross_entropy(self.logits(batch), target)
+        else:
+            negatives = torch.multinomial(self.log_q.exp(), self.hparams.n_negatives,
+                                          replacement=True)  # (K,)
+            h = self.dropout(self.pooled(batch))  # (B, H)
+            loss = sampled_softmax_loss(h, self.out_weight, self.out_bias, target, negatives,
+                                        self.log_q)
+            optimizers = self.optimizers()
+            for opt in optimizers:
+                opt.zero_grad()
+            self.manual_backward(loss)
+            for opt in optimizers:
+                opt.step()
+        self.log("train/loss", loss, prog_bar=True, batch_size=target.numel())
         return loss
 
     def validation_step(self, batch, batch_idx):
@@ -150,9 +216,15 @@ class RIB(Recommender):
         known = batch["target"] >= NUM_SPECIAL
         if known.any():
             loss = F.cross_entropy(logits[known], batch["target"][known])
-            self.log("val/loss", loss, batch_size=int(known.sum()))
+            self.log("val/loss", loss, batch_size=int(known.sum()), sync_dist=True)
         self.val_metrics.update(mask_special(logits), batch["target"])
 
     def configure_optimizers(self):
-        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr,
-                                weight_decay=self.hparams.weight_decay)
+        hp = self.hparams
+        if self.automatic_optimization:
+            return torch.optim.Adam(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+        sparse = [self.item_emb.weight, self.out_weight.weight, self.out_bias.weight]
+        ids = {id(p) for p in sparse}
+        dense = [p for p in self.parameters() if id(p) not in ids]
+        return [torch.optim.Adam(dense, lr=hp.lr, weight_decay=hp.weight_decay),
+                torch.optim.SparseAdam(sparse, lr=hp.lr)]
