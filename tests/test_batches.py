@@ -28,3 +28,8 @@ def test_training_shards_are_disjoint_equal_and_follow_the_seed():
     assert torch.equal(torch.cat(list(one)), first)  # the epoch and the seed fix the order
     spread = [float(lengths[b].max() - lengths[b].min()) for b in LengthBucketBatches(lengths, 32)]
     assert sum(spread) / len(spread) < 10  # batches hold similar lengths (random: about 45)
+
+
+def test_order_works_with_any_initial_seed():
+    torch.manual_seed(2**64 - 1)  # the largest seed torch accepts (a fresh process picks any)
+    assert len(list(LengthBucketBatches(torch.ones(10, dtype=torch.long), 4))) == 3

@@ -115,7 +115,7 @@ class LengthBucketBatches(Sampler):
         return -(-self.lengths.numel() // self.batch_size) // self.world
 
     def __iter__(self):
-        g = torch.Generator().manual_seed(torch.initial_seed() * 1_000_003 + self.epoch)
+        g = torch.Generator().manual_seed((torch.initial_seed() + 1_000_003 * self.epoch) % 2**63)
         self.epoch += 1  # a new order next time even if no trainer calls set_epoch
         order = torch.randperm(self.lengths.numel(), generator=g)
         batches = []
