@@ -136,16 +136,10 @@ def split_sessions(
     return sessions.select(S.SESSION).with_columns(split.alias("split"))
 
 
-def prepare(
-    events: pl.DataFrame,
-    buckets: str = "paper",
-    split: tuple[float, float, float] = (0.8, 0.1, 0.1),
-    eval_targets: str = "last",
-    min_macros: int = 2,
-    seed: int = 0,
-    source: str = "data",
-) -> Prepared:
-    """Run the protocol on a validated canonical event table."""
+def check_settings(
+    buckets: str, split: tuple[float, float, float], eval_targets: str, min_macros: int
+) -> None:
+    """Refuse protocol settings that cannot work, with one sentence each."""
     if buckets not in BUCKET_SCHEMES:
         raise ConfigError(f"unknown dwell buckets '{buckets}': choose one of "
                           f"{', '.join(BUCKET_SCHEMES)}.")
@@ -157,6 +151,20 @@ def prepare(
     if min_macros < 2:
         raise ConfigError("min_macros must be at least 2: a session needs an input and a target.")
 
+
+def split_events(
+    events: pl.DataFrame,
+    split: tuple[float, float, float],
+    min_macros: int,
+    seed: int,
+    source: str,
+) -> tuple[pl.DataFrame, pl.DataFrame, dict]:
+    """Macro interactions, the session filter and the split, as every consumer must see them.
+
+    Returns the events (with `macro` and `split`), the macro table (with `split`), and
+    counts of what was loaded and dropped. Sessions with fewer than `min_macros` macro
+    interactions are dropped and counted in the log.
+    """
     events = macro_interactions(events)
     macros = macro_table(events)
 
@@ -174,12 +182,31 @@ def prepare(
                         "so there is nothing to learn or evaluate.")
 
     assignment = split_sessions(macros, split, seed)
-    macros = macros.join(assignment, on=S.SESSION)
-    events = events.join(assignment, on=S.SESSION)
+    return (events.join(assignment, on=S.SESSION), macros.join(assignment, on=S.SESSION),
+            stats)
 
+
+def dwell_edges(buckets: str, train_macros: pl.DataFrame) -> tuple[float, ...]:
+    """The lower edges of dwell buckets 2..5 for a scheme (quantile: fitted on training)."""
+    if buckets == "quantile":
+        return fit_quantile_edges(train_macros[S.DWELL])
+    return BUCKET_EDGES[buckets]
+
+
+def prepare(
+    events: pl.DataFrame,
+    buckets: str = "paper",
+    split: tuple[float, float, float] = (0.8, 0.1, 0.1),
+    eval_targets: str = "last",
+    min_macros: int = 2,
+    seed: int = 0,
+    source: str = "data",
+) -> Prepared:
+    """Run the protocol on a validated canonical event table."""
+    check_settings(buckets, split, eval_targets, min_macros)
+    events, macros, stats = split_events(events, split, min_macros, seed, source)
     train_macros = macros.filter(pl.col("split") == 0)
-    edges = fit_quantile_edges(train_macros[S.DWELL]) if buckets == "quantile" \
-        else BUCKET_EDGES[buckets]
+    edges = dwell_edges(buckets, train_macros)
     macros = macros.with_columns(bucketize(pl.col(S.DWELL), edges).alias(S.BUCKET))
 
     # Vocabularies from the training split alone, most frequent first.
