@@ -128,6 +128,9 @@ class MicroDataModule(L.LightningDataModule):
         max_len: most recent micro-behaviors kept in an input.
         min_macros: sessions with fewer macro interactions are dropped (and counted).
         cache_dir: where processed tensors and word2vec vectors are kept.
+        path: the data file or folder the source reads, logged. Configs of file-backed
+            data sets interpolate it into the source (`source.path: ${data.path}`) so that
+            `data.path=...` points the data set elsewhere.
     """
 
     def __init__(
@@ -143,12 +146,14 @@ class MicroDataModule(L.LightningDataModule):
         eval_batch_size: int = 512,
         seed: int = 0,
         cache_dir: str = "outputs/cache",
+        path: str | None = None,
     ):
         super().__init__()
         S.channels(features)  # fail early on an unknown variant
         if max_len < 1 or batch_size < 1 or eval_batch_size < 1:
             raise ConfigError("max_len, batch_size and eval_batch_size must be positive.")
         self.source = source
+        self.path = path
         self.features = features
         self.protocol = {"buckets": buckets, "split": tuple(float(f) for f in split),
                          "eval_targets": eval_targets, "min_macros": min_macros, "seed": seed}
@@ -173,7 +178,8 @@ class MicroDataModule(L.LightningDataModule):
             self.prepared = torch.load(path, weights_only=False)
             log.info("loaded processed %s from %s", self.source.name, path)
         else:
-            log.info("processing %s (cache miss: %s)", self.source.name, path)
+            log.info("processing %s%s (cache miss: %s)", self.source.name,
+                     f" from {self.path}" if self.path else "", path)
             events = S.validate_events(self.source.load(), self.source.name)
             self.prepared = prepare(events, source=self.source.name, **self.protocol)
             atomic_write(path, lambda tmp: torch.save(self.prepared, tmp))
