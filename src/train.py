@@ -18,9 +18,9 @@ os.environ.setdefault("WANDB_MODE", "offline")  # no account or network needed; 
 import hydra
 import pytorch_lightning as L
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
+from microrec.config import build
 from microrec.data import atomic_write
 from microrec.errors import MicrorecError
 from microrec.naming import job_label
@@ -30,16 +30,6 @@ log = logging.getLogger("microrec.train")
 warnings.filterwarnings("ignore", ".*does not have many workers.*")
 TAGGED_GROUPS = ("data", "model", "features", "encoder", "attention")
 OmegaConf.register_new_resolver("job_label", job_label, replace=True)
-
-
-def build(node: DictConfig, **kwargs):
-    """hydra.utils.instantiate, but a user error inside a constructor keeps its own message."""
-    try:
-        return hydra.utils.instantiate(node, **kwargs)
-    except InstantiationException as e:
-        if isinstance(e.__cause__, MicrorecError):
-            raise e.__cause__ from None
-        raise
 
 
 def run_identity() -> dict:

@@ -157,6 +157,9 @@ class MicroDataModule(L.LightningDataModule):
         num_workers: loader processes (batches are cheap gathers; workers help on a GPU).
         min_macros: sessions with fewer macro interactions are dropped (and counted).
         cache_dir: where processed tensors and word2vec vectors are kept.
+        path: the data file or folder the source reads, logged. Configs of file-backed
+            data sets interpolate it into the source (`source.path: ${data.path}`) so that
+            `data.path=...` points the data set elsewhere.
     """
 
     def __init__(
@@ -173,12 +176,14 @@ class MicroDataModule(L.LightningDataModule):
         num_workers: int = 0,
         seed: int = 0,
         cache_dir: str = "outputs/cache",
+        path: str | None = None,
     ):
         super().__init__()
         S.channels(features)  # fail early on an unknown variant
         if max_len < 1 or batch_size < 1 or eval_batch_size < 1:
             raise ConfigError("max_len, batch_size and eval_batch_size must be positive.")
         self.source = source
+        self.path = path
         self.features = features
         self.protocol = {"buckets": buckets, "split": tuple(float(f) for f in split),
                          "eval_targets": eval_targets, "min_macros": min_macros, "seed": seed}
@@ -204,7 +209,8 @@ class MicroDataModule(L.LightningDataModule):
             self.prepared = torch.load(path, weights_only=False)
             log.info("loaded processed %s from %s", self.source.name, path)
         else:
-            log.info("processing %s (cache miss: %s)", self.source.name, path)
+            log.info("processing %s%s (cache miss: %s)", self.source.name,
+                     f" from {self.path}" if self.path else "", path)
             # no name keeps the raw table alive while prepare() slims it down
             self.prepared = prepare(S.validate_events(self.source.load(), self.source.name),
                                     source=self.source.name, **self.protocol)

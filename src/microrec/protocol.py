@@ -153,20 +153,10 @@ def split_sessions(
     return sessions.select(S.SESSION).with_columns(split.alias("split"))
 
 
-def prepare(
-    events: pl.DataFrame,
-    buckets: str = "paper",
-    split: tuple[float, float, float] = (0.8, 0.1, 0.1),
-    eval_targets: str = "last",
-    min_macros: int = 2,
-    seed: int = 0,
-    source: str = "data",
-) -> Prepared:
-    """Run the protocol on a validated canonical event table.
-
-    Event-level work is linear scans and gathers by macro index (no event-level joins), so
-    paper scale (about 40M events) fits in a few GiB.
-    """
+def check_settings(
+    buckets: str, split: tuple[float, float, float], eval_targets: str, min_macros: int
+) -> None:
+    """Refuse protocol settings that cannot work, with one sentence each."""
     if buckets not in BUCKET_SCHEMES:
         raise ConfigError(f"unknown dwell buckets '{buckets}': choose one of "
                           f"{', '.join(BUCKET_SCHEMES)}.")
@@ -178,12 +168,22 @@ def prepare(
     if min_macros < 2:
         raise ConfigError("min_macros must be at least 2: a session needs an input and a target.")
 
-    # Activities as small integer codes right away: 40M strings are the largest column.
-    names = events[S.ACTIVITY].drop_nulls().unique().sort().cast(pl.String).to_list()
-    events = macro_interactions(events.select(
-        S.SESSION, S.POS, S.ITEM, S.DWELL, S.TS,
-        pl.col(S.ACTIVITY).cast(pl.String).cast(pl.Enum(names)).to_physical().alias("act"),
-    ))
+
+def split_events(
+    events: pl.DataFrame,
+    split: tuple[float, float, float],
+    min_macros: int,
+    seed: int,
+    source: str,
+) -> tuple[pl.DataFrame, pl.DataFrame, dict]:
+    """Macro interactions, the session filter and the split, as every consumer must see them.
+
+    Returns the events (sorted, with `macro`, `gmacro` and `split`), the macro table (in
+    `gmacro` order, with `split`), and counts of what was loaded and dropped. Sessions with
+    fewer than `min_macros` macro interactions are dropped and counted in the log. Event
+    columns come from the macro table by gathering on `gmacro`, never by an event-level join.
+    """
+    events = macro_interactions(events)
     macros = macro_table(events)
     stats = {"sessions": int(macros[S.SESSION].n_unique()), "events": events.height}
 
@@ -202,9 +202,40 @@ def prepare(
 
     assignment = split_sessions(macros, split, seed)
     macros = macros.join(assignment, on=S.SESSION, maintain_order="left")
+    event_split = macros["split"].to_numpy()[events[GMACRO].to_numpy()]
+    return events.with_columns(pl.Series("split", event_split)), macros, stats
+
+
+def dwell_edges(buckets: str, train_macros: pl.DataFrame) -> tuple[float, ...]:
+    """The lower edges of dwell buckets 2..5 for a scheme (quantile: fitted on training)."""
+    if buckets == "quantile":
+        return fit_quantile_edges(train_macros[S.DWELL])
+    return BUCKET_EDGES[buckets]
+
+
+def prepare(
+    events: pl.DataFrame,
+    buckets: str = "paper",
+    split: tuple[float, float, float] = (0.8, 0.1, 0.1),
+    eval_targets: str = "last",
+    min_macros: int = 2,
+    seed: int = 0,
+    source: str = "data",
+) -> Prepared:
+    """Run the protocol on a validated canonical event table.
+
+    Event-level work is linear scans and gathers by macro index (no event-level joins), so
+    paper scale (about 40M events) fits in a few GiB.
+    """
+    check_settings(buckets, split, eval_targets, min_macros)
+    # Activities as small integer codes right away: 40M strings are the largest column.
+    names = events[S.ACTIVITY].drop_nulls().unique().sort().cast(pl.String).to_list()
+    events, macros, stats = split_events(events.select(
+        S.SESSION, S.POS, S.ITEM, S.DWELL, S.TS,
+        pl.col(S.ACTIVITY).cast(pl.String).cast(pl.Enum(names)).to_physical().alias("act"),
+    ), split, min_macros, seed, source)
     train_macros = macros.filter(pl.col("split") == 0)
-    edges = fit_quantile_edges(train_macros[S.DWELL]) if buckets == "quantile" \
-        else BUCKET_EDGES[buckets]
+    edges = dwell_edges(buckets, train_macros)
 
     # Vocabularies from the training split alone, most frequent first.
     item_vocab = (
@@ -220,7 +251,7 @@ def prepare(
 
     # Broadcast macro attributes to events by gathering on the global macro index.
     gmacro = events[GMACRO].to_numpy()
-    event_split = macros["split"].to_numpy()[gmacro]
+    event_split = events["split"].to_numpy()
     act = events["act"].fill_null(len(names)).to_numpy().astype(np.int64)  # null -> extra code
     counts = np.bincount(act[event_split == 0], minlength=len(names) + 1)[:len(names)]
     order = sorted((i for i in range(len(names)) if counts[i]), key=lambda i: (-counts[i],

@@ -1,0 +1,444 @@
+"""Sources that read real logs into the canonical event table (DESIGN.md).
+
+`JDSessions` reads the JD micro-behavior session files; `EventLog` reads CSV, Parquet or
+JSON-lines event logs through a column mapping. Both validate on read: a bad file stops the
+run with one sentence naming the file and, where the format has lines, the line. Parsing is
+whole-file Polars; every row keeps the file and line it came from until validation is done.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import polars as pl
+
+from microrec import schema as S
+from microrec.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+LOADER_VERSION = 1  # bump on any change to what load() returns for the same bytes
+FILE, LINE = "_file", "_line"  # where a row came from, for error messages
+USER = "user"  # an event-log role that is not a canonical column: sessions are cut from users
+ROLES = (S.SESSION, USER, S.ITEM, S.ACTIVITY, S.TS, S.DWELL, S.CATEGORY)
+FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl",
+           ".ndjson": "jsonl", ".json": "jsonl"}
+TIME_UNITS = {"s": 1.0, "ms": 1e3, "us": 1e6, "ns": 1e9}
+JD_BEHAVIORS = {str(code): name for code, name in enumerate(S.ACTIVITIES, start=1)}
+JD_FIELDS = ("sku", "behavior_type", "category", "time_interval", "dwell_time")
+_INTEGER_ID = r"^(0|[1-9][0-9]{0,17})$"  # ids that survive a round trip through int64
+
+
+# -- shared helpers ------------------------------------------------------------------------
+def content_hash(files: list[Path], settings: dict) -> str:
+    """Hash of the files' bytes (streamed, in order) and the loader settings."""
+    h = hashlib.sha256(json.dumps({"v": LOADER_VERSION, **settings}, sort_keys=True).encode())
+    for path in files:
+        h.update(f"\0{path.stat().st_size}\0".encode())  # delimits files; names do not count
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def read_lines(path: Path) -> pl.DataFrame:
+    """The file's lines as (_line, text), numbered from 1, without line-end characters."""
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise DataError(f"{path}, line {line}: not UTF-8 text.") from None
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()  # the newline that ends the last line opens no new one
+    return (pl.DataFrame({"text": lines}, schema={"text": pl.String})
+            .with_row_index(LINE, offset=1)
+            .with_columns(pl.col("text").str.strip_suffix("\r")))
+
+
+def raise_first(frame: pl.DataFrame, bad: pl.Expr, message: Callable[[dict], str]) -> None:
+    """Raise DataError(message(row)) for the first row where `bad` holds, if any."""
+    hit = frame.filter(bad.fill_null(False)).head(1)
+    if hit.height:
+        raise DataError(message(hit.row(0, named=True)))
+
+
+def item_ids(items: pl.Series) -> pl.Series:
+    """Products as int64 where every id is a plain integer, else as strings."""
+    if items.dtype.is_integer():
+        return items.cast(pl.Int64)
+    items = items.cast(pl.String)
+    if items.str.contains(_INTEGER_ID).all():
+        return items.cast(pl.Int64)
+    return items
+
+
+def parse_dwell(frame: pl.DataFrame, raw: str, where: Callable[[dict], str]) -> pl.DataFrame:
+    """Add `dwell_s` (float seconds) from column `raw`; non-numeric or negative values stop."""
+    frame = frame.with_columns(pl.col(raw).cast(pl.Float64, strict=False).alias(S.DWELL))
+    dwell = pl.col(S.DWELL)
+    raise_first(frame, pl.col(raw).is_not_null() & (dwell.is_null() | ~dwell.is_finite()),
+                lambda r: f"{where(r)}: dwell time '{r[raw]}' is not a number.")
+    raise_first(frame, dwell < 0, lambda r: f"{where(r)}: negative dwell time {r[raw]}.")
+    return frame
+
+
+# -- JD micro-behavior sessions ------------------------------------------------------------
+class JDSessions:
+    """JD micro-behavior session files (the RIB and HUP papers' data).
+
+    One session per line; tokens `sku+behavior_type+category+time_interval+dwell_time`
+    separated by white space; behavior types 1..10 are the paper's activities in order.
+    The session id is the line number. Dwell is given (shared by a product's consecutive
+    tokens). The lines carry no absolute time, so `ts` is null and the protocol splits
+    sessions at random with its seed; `time_interval` is read past (only its presence is
+    checked) because relative gaps cannot order sessions.
+
+    Args:
+        path: the session file.
+        name: how logs and cache files call this data set.
+    """
+
+    activity_groups = S.PAPER_GROUPS
+
+    def __init__(self, path: str, name: str = "jd"):
+        self.path = Path(path)
+        self.name = name
+        self._fingerprint: str | None = None
+
+    def _file(self) -> Path:
+        if not self.path.is_file():
+            what = "a folder, not a session file" if self.path.is_dir() else "no such file"
+            raise DataError(f"{self.path}: {what} (point data.path at a JD session file).")
+        return self.path
+
+    def fingerprint(self) -> str:
+        if self._fingerprint is None:
+            self._fingerprint = content_hash([self._file()], {"loader": "jd"})
+        return self._fingerprint
+
+    def load(self) -> pl.DataFrame:
+        lines = read_lines(self._file())
+        blank = pl.col("text").str.strip_chars() == ""
+        n_blank = lines.select(blank.sum()).item()
+        if n_blank:
+            log.info("%s: skipped %d blank line(s) of %s", self.name, n_blank, self.path)
+        tokens = (
+            lines.filter(~blank)
+            .select(LINE, pl.col("text").str.extract_all(r"\S+").alias("token"))
+            .explode("token")
+            .with_columns(pl.int_range(pl.len()).over(LINE).alias(S.POS))
+        )
+        if tokens.height == 0:
+            raise DataError(f"{self.path}: the file holds no sessions.")
+
+        def where(row: dict) -> str:
+            return f"{self.path}, line {row[LINE]}"
+
+        shape = r"^[^+]+\+[^+]+\+[^+]+\+[^+]+\+[^+]+$"  # five non-empty fields
+        raise_first(tokens, ~pl.col("token").str.contains(shape),
+                    lambda r: f"{where(r)}: token '{r['token']}' is not "
+                              f"{'+'.join(JD_FIELDS)}.")
+        tokens = tokens.with_columns(
+            pl.col("token").str.split_exact("+", 4).struct.rename_fields(list(JD_FIELDS))
+        ).unnest("token")
+        tokens = tokens.with_columns(
+            pl.col("behavior_type").replace_strict(JD_BEHAVIORS, default=None)
+            .alias(S.ACTIVITY)
+        )
+        raise_first(tokens, pl.col(S.ACTIVITY).is_null(),
+                    lambda r: f"{where(r)}: unknown behavior type '{r['behavior_type']}' "
+                              "(expected 1 to 10).")
+        tokens = parse_dwell(tokens, "dwell_time", where)
+        log.info("%s: %d sessions, %d micro-behaviors from %s", self.name,
+                 tokens[LINE].n_unique(), tokens.height, self.path)
+        return tokens.select(
+            pl.col(LINE).cast(pl.Int64).alias(S.SESSION),
+            pl.col(S.POS).cast(pl.Int32),
+            item_ids(tokens["sku"]).alias(S.ITEM),
+            S.ACTIVITY,
+            S.DWELL,
+            pl.lit(None, dtype=pl.Int64).alias(S.TS),
+            pl.col("category").alias(S.CATEGORY),
+        )
+
+
+# -- generic event logs --------------------------------------------------------------------
+class EventLog:
+    """An event log (CSV, Parquet or JSON lines) read through a column mapping.
+
+    Sessions are the `session` column (paired with `user` where both are mapped), or each
+    user's events cut wherever `session_gap_s` seconds pass without one. Events are ordered
+    by time within a session (file order breaks ties and stands in where there is no time).
+    Dwell is the `dwell_s` column where mapped; otherwise it stays null and the protocol
+    derives it from the timestamps (DESIGN.md).
+
+    Args:
+        path: a file, or a folder whose files of the format are read as one log, by name.
+        columns: role -> column in the file. Roles: session, user, item, activity, ts,
+            dwell_s, category; item and one of session/user are required.
+        activities: source code -> activity name; a code not listed stops the run.
+            None: the codes are the names.
+        activity_groups: group -> activity names (see `schema.PAPER_GROUPS`).
+        file_format: csv | parquet | jsonl; None: from each file's extension.
+        explode: a column holding a list of event records per row (nested JSON such as
+            OTTO's `events`); its records become rows and their fields columns.
+        ts_format: s | ms | us | ns for numeric timestamps, or a strptime format such as
+            "%Y-%m-%d %H:%M:%S" for date-time strings (read as UTC). Datetime columns of a
+            Parquet file need neither.
+        session_gap_s: inactivity that ends a user's session (only where no session column).
+        separator: the CSV field separator.
+        name: how logs and cache files call this data set.
+    """
+
+    def __init__(
+        self,
+        path: str | None,
+        columns: Mapping[str, str | None],
+        activities: Mapping | None = None,
+        activity_groups: Mapping[str, list[str]] | None = None,
+        file_format: str | None = None,
+        explode: str | None = None,
+        ts_format: str = "s",
+        session_gap_s: float = 1800,
+        separator: str = ",",
+        name: str = "events",
+    ):
+        if path is None:
+            raise ConfigError("no event log given: set data.path to a file or a folder.")
+        self.path = Path(path)
+        self.name = name
+        self.columns = {str(k): str(v) for k, v in columns.items() if v is not None}
+        unknown = sorted(set(self.columns) - set(ROLES))
+        if unknown:
+            raise ConfigError(f"unknown column role(s) {', '.join(unknown)} in the event-log "
+                              f"mapping: use {', '.join(ROLES)}.")
+        if S.ITEM not in self.columns or not {S.SESSION, USER} & set(self.columns):
+            raise ConfigError("the event-log mapping needs an item column and a session or "
+                              "user column.")
+        if S.SESSION not in self.columns and S.TS not in self.columns:
+            raise ConfigError("cutting users' events into sessions needs a ts column in the "
+                              "event-log mapping.")
+        if ts_format not in TIME_UNITS and "%" not in ts_format:
+            raise ConfigError(f"ts_format '{ts_format}' is neither a unit "
+                              f"({', '.join(TIME_UNITS)}) nor a strptime format.")
+        if session_gap_s <= 0:
+            raise ConfigError(f"session_gap_s must be positive, got {session_gap_s}.")
+        if file_format not in (None, *set(FORMATS.values())):
+            raise ConfigError(f"unknown file_format '{file_format}': use csv, parquet or "
+                              "jsonl.")
+        self.activities = (None if activities is None
+                           else {str(k): str(v) for k, v in activities.items()})
+        self.activity_groups = {str(g): tuple(str(a) for a in names)
+                                for g, names in (activity_groups or {}).items()}
+        if self.activities is not None:
+            for group, names in self.activity_groups.items():
+                strays = sorted(set(names) - set(self.activities.values()))
+                if strays:
+                    raise ConfigError(f"activity group '{group}' names {', '.join(strays)}, "
+                                      "which the activity mapping never produces.")
+        self.file_format = file_format
+        self.explode = explode
+        self.ts_format = ts_format
+        self.session_gap_s = float(session_gap_s)
+        self.separator = separator
+        self._fingerprint: str | None = None
+
+    # -- files -----------------------------------------------------------------------------
+    def _format(self, path: Path) -> str:
+        fmt = self.file_format or FORMATS.get(path.suffix.lower())
+        if fmt is None:
+            raise DataError(f"{path}: unknown file type '{path.suffix}'; set "
+                            "data.source.file_format to csv, parquet or jsonl.")
+        return fmt
+
+    def files(self) -> list[Path]:
+        """The file, or the folder's files of the format in name order."""
+        if self.path.is_file():
+            return [self.path]
+        if not self.path.is_dir():
+            raise DataError(f"{self.path}: no such file or folder (point data.path at the "
+                            "event log).")
+        suffixes = [s for s, f in FORMATS.items() if self.file_format in (None, f)]
+        files = sorted(p for p in self.path.iterdir()
+                       if p.is_file() and p.suffix.lower() in suffixes)
+        if not files:
+            raise DataError(f"{self.path}: the folder holds no {', '.join(suffixes)} files.")
+        return files
+
+    def fingerprint(self) -> str:
+        if self._fingerprint is None:
+            settings = {"loader": "events", "columns": self.columns,
+                        "activities": self.activities, "file_format": self.file_format,
+                        "explode": self.explode, "ts_format": self.ts_format,
+                        "session_gap_s": self.session_gap_s, "separator": self.separator}
+            self._fingerprint = content_hash(self.files(), settings)
+        return self._fingerprint
+
+    def _read(self, path: Path) -> pl.DataFrame:
+        """One file's rows with the mapped columns renamed to their roles, plus _line."""
+        fmt = self._format(path)
+        try:
+            if fmt == "csv":
+                frame = _read_csv(path, self.separator)
+            elif fmt == "jsonl":
+                frame = _read_jsonl(path)
+            else:
+                frame = pl.read_parquet(path).with_row_index(LINE, offset=1)
+        except pl.exceptions.PolarsError as e:
+            reason = str(e).strip().splitlines()[0].rstrip(".")
+            raise DataError(f"{path}: cannot be read as {fmt} ({reason}).") from None
+        if self.explode:
+            frame = _unpack(frame, self.explode, path)
+        missing = sorted({c for c in self.columns.values() if c not in frame.columns})
+        if missing:
+            has = ", ".join(c for c in frame.columns if c != LINE)
+            raise DataError(f"{path}: no column(s) {', '.join(missing)} (named in the "
+                            f"event-log mapping); it has {has}.")
+        return frame.select(LINE, *(pl.col(c).alias(r) for r, c in self.columns.items()))
+
+    # -- the table -------------------------------------------------------------------------
+    def load(self) -> pl.DataFrame:
+        files = self.files()
+        units = ["row" if self._format(p) == "parquet" else "line" for p in files]
+        frame = pl.concat(
+            [self._read(p).with_columns(pl.lit(i, dtype=pl.Int32).alias(FILE))
+             for i, p in enumerate(files)],
+            how="vertical_relaxed",
+        )
+
+        def where(row: dict) -> str:
+            return f"{files[row[FILE]]}, {units[row[FILE]]} {row[LINE]}"
+
+        roles = list(self.columns)
+        blank = pl.all_horizontal(pl.col(r).is_null() for r in roles)
+        n_blank = frame.select(blank.sum()).item()
+        if n_blank:
+            log.info("%s: skipped %d blank row(s) of %s", self.name, n_blank, self.path)
+            frame = frame.filter(~blank)
+        if frame.height == 0:
+            raise DataError(f"{self.path}: the event log holds no events.")
+        for role in roles:
+            if role not in (S.DWELL, S.CATEGORY):
+                raise_first(frame, pl.col(role).is_null(),
+                            lambda r, role=role: f"{where(r)}: no value in column "
+                                                 f"'{self.columns[role]}' ({role}).")
+
+        if S.ACTIVITY in frame.columns:
+            frame = self._activities(frame, where)
+        if S.TS in frame.columns:
+            frame = self._timestamps(frame, where)
+        if S.DWELL in frame.columns:
+            frame = parse_dwell(frame.rename({S.DWELL: "dwell_raw"}), "dwell_raw", where)
+        frame = self._sessions(frame)
+        log.info("%s: %d sessions, %d events from %d file(s) at %s", self.name,
+                 frame[S.SESSION].n_unique(), frame.height, len(files), self.path)
+        return frame.select(
+            S.SESSION,
+            S.POS,
+            item_ids(frame[S.ITEM]).alias(S.ITEM),
+            *(pl.col(c).cast(t) if c in frame.columns else pl.lit(None, dtype=t).alias(c)
+              for c, t in ((S.ACTIVITY, pl.String), (S.DWELL, pl.Float64), (S.TS, pl.Int64),
+                           (S.CATEGORY, pl.String))),
+        )
+
+    def _activities(self, frame: pl.DataFrame, where) -> pl.DataFrame:
+        """Map activity codes to names; a code the mapping lacks stops the run."""
+        code = pl.col(S.ACTIVITY).cast(pl.String)
+        frame = frame.with_columns(code.alias("activity_code"))
+        if self.activities is None:
+            return frame.with_columns(code.alias(S.ACTIVITY))
+        frame = frame.with_columns(
+            code.replace_strict(self.activities, default=None).alias(S.ACTIVITY))
+        raise_first(frame, pl.col(S.ACTIVITY).is_null(),
+                    lambda r: f"{where(r)}: unknown activity code '{r['activity_code']}' "
+                              f"(the mapping knows {', '.join(self.activities)}).")
+        return frame
+
+    def _timestamps(self, frame: pl.DataFrame, where) -> pl.DataFrame:
+        """Replace `ts` by int64 seconds; values that do not parse stop the run."""
+        frame = frame.rename({S.TS: "ts_raw"})
+        raw = pl.col("ts_raw")
+        dtype = frame.schema["ts_raw"]
+        if dtype.is_temporal():
+            seconds = raw.cast(pl.Datetime("us")).dt.epoch("s")
+            expected = "a time"
+        elif "%" in self.ts_format:
+            seconds = raw.cast(pl.String).str.to_datetime(self.ts_format, strict=False) \
+                .dt.epoch("s")
+            expected = f"a date-time of format '{self.ts_format}'"
+        else:
+            number = raw.cast(pl.Float64, strict=False)
+            number = pl.when(number.is_finite()).then(number)
+            seconds = (number / TIME_UNITS[self.ts_format]).floor().cast(pl.Int64)
+            expected = "a number (set data.source.ts_format for date-time strings)"
+        frame = frame.with_columns(seconds.alias(S.TS))
+        raise_first(frame, pl.col(S.TS).is_null(),
+                    lambda r: f"{where(r)}: timestamp '{r['ts_raw']}' is not {expected}.")
+        return frame
+
+    def _sessions(self, frame: pl.DataFrame) -> pl.DataFrame:
+        """Number sessions 0.. and events inside each by time, then file order."""
+        keys = [k for k in (USER, S.SESSION) if k in frame.columns]
+        if S.SESSION in keys:
+            keys = [USER, S.SESSION] if USER in keys else [S.SESSION]
+        time = [S.TS] if S.TS in frame.columns else []
+        frame = frame.sort(*keys, *time, FILE, LINE)
+        new = pl.any_horizontal((pl.col(k) != pl.col(k).shift(1)).fill_null(True) for k in keys)
+        if S.SESSION not in frame.columns:  # a user's events, cut at inactivity gaps
+            gap = (pl.col(S.TS) - pl.col(S.TS).shift(1)) > self.session_gap_s
+            new = new | gap.fill_null(True)
+        frame = frame.with_columns((new.cast(pl.Int64).cum_sum() - 1).alias(S.SESSION))
+        return frame.with_columns(
+            pl.int_range(pl.len(), dtype=pl.Int32).over(S.SESSION).alias(S.POS))
+
+
+def _read_csv(path: Path, separator: str) -> pl.DataFrame:
+    """A CSV file as strings, rows numbered by their line; a ragged line stops the run."""
+    lines = read_lines(path)
+    if lines.height == 0:
+        raise DataError(f"{path}: the file is empty (not even a header).")
+    # Lines without quotes must have the header's number of separators; quoted ones may hold
+    # separators inside a field, so Polars' parser judges them.
+    sep = pl.col("text").str.count_matches(separator, literal=True)
+    lines = lines.with_columns(sep.alias("n_sep"))
+    n_sep = lines["n_sep"][0]
+    plain = ~pl.col("text").str.contains('"', literal=True) & (pl.col("text") != "")
+    raise_first(lines.slice(1), plain & (pl.col("n_sep") != n_sep),
+                lambda r: f"{path}, line {r[LINE]}: {r['n_sep'] + 1} fields where the header "
+                          f"has {n_sep + 1}.")
+    frame = pl.read_csv(path, separator=separator, infer_schema=False)
+    return frame.with_row_index(LINE, offset=2)  # line 1 is the header
+
+
+def _read_jsonl(path: Path) -> pl.DataFrame:
+    """A JSON-lines file, one object per non-blank line, rows numbered by their line."""
+    lines = read_lines(path).filter(pl.col("text").str.strip_chars() != "")
+    if lines.height == 0:
+        raise DataError(f"{path}: the file holds no JSON records.")
+    # json_path_match is null where a line is not valid JSON; records must be objects.
+    whole = pl.col("text").str.json_path_match("$")
+    raise_first(lines, whole.is_null() | ~pl.col("text").str.strip_chars().str.starts_with("{"),
+                lambda r: f"{path}, line {r[LINE]}: not a JSON object (truncated or "
+                          "malformed).")
+    records = lines["text"].str.json_decode(infer_schema_length=None)
+    return records.struct.unnest().with_columns(lines[LINE])
+
+
+def _unpack(frame: pl.DataFrame, column: str, path: Path) -> pl.DataFrame:
+    """Turn a column of event-record lists into one row per record (fields as columns)."""
+    if column not in frame.columns:
+        raise DataError(f"{path}: no column '{column}' to unpack (data.source.explode).")
+    dtype = frame.schema[column]
+    if not (isinstance(dtype, pl.List) and isinstance(dtype.inner, pl.Struct)):
+        raise DataError(f"{path}: column '{column}' does not hold lists of event records.")
+    empty = frame.filter(pl.col(column).list.len().fill_null(0) == 0).height
+    if empty:
+        log.info("%s: skipped %d record(s) with no events in '%s'", path, empty, column)
+    frame = frame.filter(pl.col(column).list.len() > 0).explode(column)
+    return frame.with_columns(pl.col(column).struct.unnest()).drop(column)
