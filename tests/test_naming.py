@@ -17,3 +17,18 @@ def test_long_labels_are_cut_with_a_hash():
     one = job_label(["x=" + "a" * 200, "y=1"], argv)
     two = job_label(["x=" + "a" * 200, "y=2"], argv)
     assert len(one) <= 80 and len(two) <= 80 and one != two
+
+
+def test_slurm_launcher_preset_composes(tmp_path):
+    from conftest import ROOT
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name="train", return_hydra_config=True,
+                      overrides=["hydra/launcher=slurm", "hydra.launcher.partition=gpu",
+                                 f"hydra.sweep.dir={tmp_path}"])
+    launcher = cfg.hydra.launcher
+    assert launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher." \
+        "SlurmLauncher"
+    assert launcher.partition == "gpu" and launcher.gpus_per_node == 1
+    assert launcher.submitit_folder == f"{tmp_path}/.submitit/%j"
