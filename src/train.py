@@ -50,7 +50,7 @@ def run_identity() -> dict:
     hc = HydraConfig.get()
     choices = hc.runtime.choices
     identity = {
-        "name": job_label(list(hc.overrides.task)),
+        "name": job_label(list(hc.overrides.task), hc.sweeper.get("params")),
         # a baseline drops the groups it does not use (encoder, attention): no tag for those
         "tags": [f"{g}={choices[g]}" for g in TAGGED_GROUPS if choices.get(g)],
     }
