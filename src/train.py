@@ -21,8 +21,9 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from microrec.config import build
-from microrec.data import atomic_write
 from microrec.errors import MicrorecError
+from microrec.files import atomic_write
+from microrec.models.base import FitFromData
 from microrec.naming import job_label
 
 log = logging.getLogger("microrec.train")
@@ -39,8 +40,9 @@ def run_identity() -> dict:
     hc = HydraConfig.get()
     choices = hc.runtime.choices
     identity = {
-        "name": job_label(list(hc.overrides.task)),
-        "tags": [f"{g}={choices[g]}" for g in TAGGED_GROUPS if g in choices],
+        "name": job_label(list(hc.overrides.task), hc.sweeper.get("params")),
+        # a baseline drops the groups it does not use (encoder, attention): no tag for those
+        "tags": [f"{g}={choices[g]}" for g in TAGGED_GROUPS if choices.get(g)],
     }
     if hc.mode == hydra.types.RunMode.MULTIRUN:
         identity["group"] = "multirun/" + "/".join(Path(hc.sweep.dir).parts[-2:])
@@ -48,7 +50,12 @@ def run_identity() -> dict:
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
-    """Seed, build data and model, fit, test the best checkpoint once, write metrics.json."""
+    """Seed, build data and model, fit, test the chosen weights once, write metrics.json.
+
+    A gradient-trained model (RIB) runs Lightning's training loop and is evaluated on its
+    best checkpoint; a model fitted from data (the baselines) is fitted from the training
+    split in one call, evaluated, then saved to the same checkpoint path.
+    """
     started = time.time()
     run_dir = Path(cfg.run_dir)
     L.seed_everything(cfg.seed, workers=True)
@@ -66,14 +73,21 @@ def train(cfg: DictConfig) -> dict[str, float]:
     callbacks = [build(c) for c in cfg.callbacks.values() if c is not None]
     trainer = build(cfg.trainer, logger=logger or False, callbacks=callbacks)
 
-    trainer.fit(model, datamodule=dm)
-    best = trainer.checkpoint_callback.best_model_path
-    log.info("best checkpoint: %s", best)
+    fitted = isinstance(model, FitFromData)
+    if fitted:
+        model.fit(dm)  # no training epochs: the weights are final now
+        best = None  # evaluate the weights in memory
+    else:
+        trainer.fit(model, datamodule=dm)
+        best = trainer.checkpoint_callback.best_model_path
+        log.info("best checkpoint: %s", best)
     metrics = {}
     for results in (trainer.validate(model, datamodule=dm, ckpt_path=best, verbose=False),
                     trainer.test(model, datamodule=dm, ckpt_path=best, verbose=False)):
         metrics.update({k: float(v) for k, v in results[0].items()})
-    metrics["epochs"] = trainer.current_epoch
+    if fitted:
+        trainer.save_checkpoint(trainer.checkpoint_callback.format_checkpoint_name({}))
+    metrics["epochs"] = trainer.current_epoch  # Lightning epochs: 0 for a fitted model
     metrics["time/total_s"] = round(time.time() - started, 2)
 
     if trainer.is_global_zero:  # under DDP every rank runs this script; one writes

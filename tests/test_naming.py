@@ -7,15 +7,15 @@ def test_only_swept_keys_name_a_job():
     assert swept_keys(argv) == {"features", "seed"}
     overrides = ["features=full", "data.path=/very/long/path.csv", "split=[0.8,0.1,0.1]",
                  "seed=2"]
-    assert job_label(overrides, argv) == "features=full,seed=2"
-    assert job_label(["data.path=a/b"], ["data.path=a/b,c/d"]) == "data.path=a_b"
-    assert job_label(overrides, ["features=full"]) == "job"
+    assert job_label(overrides, argv=argv) == "features=full,seed=2"
+    assert job_label(["data.path=a/b"], argv=["data.path=a/b,c/d"]) == "data.path=a_b"
+    assert job_label(overrides, argv=["features=full"]) == "job"
 
 
 def test_long_labels_are_cut_with_a_hash():
     argv = ["x=" + "a" * 200 + ",b", "y=1,2"]
-    one = job_label(["x=" + "a" * 200, "y=1"], argv)
-    two = job_label(["x=" + "a" * 200, "y=2"], argv)
+    one = job_label(["x=" + "a" * 200, "y=1"], argv=argv)
+    two = job_label(["x=" + "a" * 200, "y=2"], argv=argv)
     assert len(one) <= 80 and len(two) <= 80 and one != two
 
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Protocol
 
@@ -18,6 +16,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from microrec import schema as S
 from microrec.errors import ConfigError
+from microrec.files import atomic_write
 from microrec.protocol import N_BUCKETS, PROTOCOL_VERSION, Prepared, SplitArrays, prepare
 
 log = logging.getLogger(__name__)
@@ -35,19 +34,6 @@ class EventSource(Protocol):
     def fingerprint(self) -> str: ...
 
     def load(self) -> pl.DataFrame: ...
-
-
-def atomic_write(path: Path, write) -> None:
-    """Call `write(tmp_path)` and move the result onto `path` in one step."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 class Examples(Dataset):

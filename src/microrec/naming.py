@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import re
 import sys
+from collections.abc import Mapping
 
 _SWEEP_FUNCTIONS = ("range(", "choice(", "glob(", "interval(")
 MAX_LEN = 80
@@ -32,13 +33,17 @@ def swept_keys(argv: list[str]) -> set[str]:
     return keys
 
 
-def job_label(overrides: list[str], argv: list[str] | None = None) -> str:
+def job_label(overrides: list[str], params: Mapping | None = None,
+              argv: list[str] | None = None) -> str:
     """The job's swept `key=value` pairs joined by ',' ('job' if nothing is swept).
 
+    A key is swept when the command line (`argv`, default sys.argv) or the sweeper's
+    `params` (hydra.sweeper.params, e.g. from an experiment config) give it several values.
     Path separators become '_'; a label longer than MAX_LEN is cut and given a short hash,
     so it stays a single, valid folder name.
     """
-    swept = swept_keys(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    swept = swept_keys([*argv, *(f"{k}={v}" for k, v in (params or {}).items())])
     parts = [o for o in overrides if o.partition("=")[0].lstrip("+~") in swept]
     label = re.sub(r"[/\\\s]+", "_", ",".join(parts)) or "job"
     if len(label) > MAX_LEN:

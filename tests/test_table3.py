@@ -1,0 +1,227 @@
+"""experiment=table3 as Hydra's basic sweeper expands it, and results.py on hand-made jobs."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT, TINY
+from hydra import compose, initialize_config_dir
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import OmegaConf
+
+from microrec.naming import job_label
+from microrec.schema import FEATURES
+from results import main as results_main
+from train import run_identity
+
+BASELINES = ("pop", "bpr_mf", "item_knn", "word2vec", "word2vec_avg")
+
+
+def sweep_jobs(argv: list[str]) -> tuple[list[list[str]], dict]:
+    """Each job's overrides, exactly as the basic sweeper builds them for `train.py -m argv`."""
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        params = compose("train", overrides=[a for a in argv if "," not in a],
+                         return_hydra_config=True).hydra.sweeper.params
+    parsed = OverridesParser.create().parse_overrides(
+        [*(f"{k}={v}" for k, v in params.items()), *argv])
+    return BasicSweeper.split_arguments(parsed, None)[0], params
+
+
+@pytest.fixture
+def hydra_job():
+    """Compose one job with its Hydra config, as a running job sees it."""
+    def make(overrides):
+        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+            cfg = compose("train", overrides=overrides, return_hydra_config=True)
+        HydraConfig.instance().set_config(cfg)
+        return cfg
+    yield make
+    HydraConfig.instance().cfg = None
+
+
+def test_table3_is_every_baseline_on_sku_and_rib_with_and_without_attention(hydra_job,
+                                                                           monkeypatch):
+    argv = ["experiment=table3", "seed=0,1"]
+    monkeypatch.setattr("sys.argv", ["src/train.py", "-m", *argv])
+    jobs, params = sweep_jobs(argv)
+    assert len(jobs) == 2 * (len(BASELINES) + 2 * len(FEATURES))
+    rows, labels = set(), []
+    for overrides in jobs:
+        cfg = hydra_job(overrides)
+        choices = cfg.hydra.runtime.choices
+        rows.add((choices.model, cfg.features.name, choices.attention))
+        assert cfg.model._target_.split(".")[2] == ("rib" if choices.model == "rib" else
+                                                    choices.model.removesuffix("_avg"))
+        identity = run_identity()
+        labels.append(job_label(overrides, params, argv))
+        assert identity["name"] == labels[-1]
+        if choices.model == "rib":
+            assert cfg.model.attention == (choices.attention == "on")
+            assert f"attention={choices.attention}" in identity["tags"]
+        else:
+            assert identity["tags"] == ["data=synthetic", "model=" + choices.model,
+                                        "features=sku"]  # no encoder or attention tag
+    assert rows == ({(m, "sku", None) for m in BASELINES}
+                    | {("rib", f, a) for f in FEATURES for a in ("on", "off")})
+    assert len(set(labels)) == len(labels)
+    assert labels[:3] == ["table3=pop,seed=0", "table3=pop,seed=1", "table3=bpr_mf,seed=0"]
+    assert "table3=rib_noatt_sku_dwell,seed=1" in labels
+
+
+def test_one_row_of_table3_can_be_run_alone():
+    jobs, _ = sweep_jobs(["experiment=table3", "table3=item_knn,rib_full"])
+    assert jobs == [["table3=item_knn", "experiment=table3"],
+                    ["table3=rib_full", "experiment=table3"]]
+
+
+def make_job(folder, name, data, model, seed, metrics=None, features="sku", attention=None,
+             n_sessions=1000):
+    """A job folder as train.py leaves it (only what results.py reads)."""
+    job = folder / name
+    (job / ".hydra").mkdir(parents=True)
+    choices = {"data": data, "model": model, "features": features, "attention": attention,
+               "encoder": "gru" if model == "rib" else None}
+    OmegaConf.save({"hydra": {"runtime": {"choices": choices}}}, job / ".hydra" / "hydra.yaml")
+    OmegaConf.save({"seed": seed, "data": {"source": {"n_sessions": n_sessions},
+                                           "features": "${features.name}"}},
+                   job / ".hydra" / "config.yaml")
+    if metrics is not None:
+        recall, mrr = metrics
+        (job / "metrics.json").write_text(json.dumps(
+            {"test/recall@20": recall, "test/mrr@20": mrr, "val/mrr@20": 0.0}))
+
+
+@pytest.fixture
+def multiruns(tmp_path):
+    """Two multiruns: synthetic with two seeds and a failed job, a JD sample with one seed."""
+    runs = tmp_path / "outputs" / "multirun"
+    synthetic, jd = runs / "2026-01-01" / "10-00-00", runs / "2026-01-02" / "09-00-00"
+    jobs = [("pop", None, None, (0.10, 0.05), (0.20, 0.07)),
+            ("item_knn", None, None, (0.30, 0.10), (0.34, 0.12)),
+            ("rib", "sku", "on", (0.40, 0.20), (0.50, 0.22)),
+            ("rib", "full", "off", (0.16, 0.02), (0.16, 0.04))]
+    for i, (model, features, attention, *per_seed) in enumerate(jobs):
+        for seed, metrics in enumerate(per_seed):
+            make_job(synthetic, f"{2 * i + seed}_table3={model}{features or ''},seed={seed}",
+                     "synthetic", model, seed, metrics, features or "sku", attention)
+    make_job(synthetic, "8_table3=bpr_mf,seed=0", "synthetic", "bpr_mf", 0)  # failed
+    make_job(jd, "0_table3=pop", "jd_computers", "pop", 0, (0.20, 0.10))
+    make_job(jd, "1_table3=rib_full", "jd_computers", "rib", 0, (0.30, 0.15), "full", "on")
+    return synthetic, jd
+
+
+EXPECTED = """\
+| Data type | Model | synthetic Recall@20 | synthetic MRR@20 | jd_computers Recall@20 | jd_computers MRR@20 |
+|---|---|---|---|---|---|
+| SKU | POP | 0.1500 ± 0.0707 | 0.0600 ± 0.0141 | 0.2000 | 0.1000 |
+|  | Item-KNN | 0.3200 ± 0.0283 | 0.1100 ± 0.0141 |  |  |
+|  | RIB | 0.4500 ± 0.0707 (+40.6%) | 0.2100 ± 0.0141 (+90.9%) |  |  |
+| SKU+Micro-behaviors | RIB w/o attention | 0.1600 ± 0.0000 (-50.0%) | 0.0300 ± 0.0141 (-72.7%) |  |  |
+|  | RIB |  |  | 0.3000 (+50.0%) | 0.1500 (+50.0%) |
+"""  # noqa: E501
+
+
+def test_results_lays_out_table3_with_seeds_gains_and_failed_jobs(multiruns, capsys):
+    synthetic, jd = multiruns
+    assert results_main([str(synthetic), str(jd)]) == 0
+    printed = capsys.readouterr().out
+    written = (synthetic / "table3.md").read_text()
+    assert printed == written
+    assert EXPECTED in written
+    assert "mean ± sample standard deviation over 1 to 2 seeds" in written
+    assert f"failed or unfinished), not in the table:\n- {synthetic / '8_table3=bpr_mf,seed=0'}" \
+        in written
+    with open(synthetic / "table3.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["data type"], r["model"]) for r in rows] == [
+        ("SKU", "POP"), ("SKU", "Item-KNN"), ("SKU", "RIB"),
+        ("SKU+Micro-behaviors", "RIB w/o attention"), ("SKU+Micro-behaviors", "RIB")]
+    rib = rows[2]
+    assert float(rib["synthetic Recall@20"]) == pytest.approx(0.45)
+    assert float(rib["synthetic Recall@20 std"]) == pytest.approx(0.0707107, abs=1e-6)
+    gain = float(rib["synthetic MRR@20 vs best baseline %"])
+    assert gain == pytest.approx(100 * (0.21 / 0.11 - 1))
+    assert rib["synthetic seeds"] == "2" and rib["jd_computers Recall@20"] == ""
+    assert not list(synthetic.glob(".*.tmp"))
+
+
+def test_without_folders_results_reads_the_latest_multirun(multiruns, monkeypatch, capsys):
+    synthetic, jd = multiruns
+    monkeypatch.chdir(synthetic.parents[3])
+    assert results_main([]) == 0
+    assert "jd_computers Recall@20" in capsys.readouterr().out
+    assert (jd / "table3.md").is_file() and not (synthetic / "table3.md").exists()
+    monkeypatch.chdir(synthetic)
+    assert results_main([]) == 1
+    assert "no multirun under outputs/multirun" in capsys.readouterr().err
+
+
+def test_results_logs_a_wandb_table_offline(multiruns, monkeypatch):
+    synthetic, _ = multiruns
+    monkeypatch.setenv("HOME", str(synthetic.parent))
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    assert results_main([str(synthetic), "--wandb"]) == 0
+    tables = list(synthetic.glob("wandb/offline-run-*/files/media/table/table3_*.table.json"))
+    assert len(tables) == 1
+    logged = json.loads(tables[0].read_text())
+    with open(synthetic / "table3.csv") as f:
+        header, *rows = list(csv.reader(f))
+    assert logged["columns"] == header
+    assert [r[:2] for r in logged["data"]] == [r[:2] for r in rows]
+    assert logged["data"][0][2] == pytest.approx(0.15)
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing", "error: no multirun folder at"),
+    ("empty", "holds no job folders"),
+    ("all failed", "none of the 1 jobs in"),
+    ("seed twice", "are both seed 0 of POP on synthetic; pass each seed once."),
+    ("two settings", "both use data=synthetic but with different data settings"),
+])
+def test_bad_input_is_one_sentence_and_a_nonzero_exit(tmp_path, capsys, case, message):
+    one, two = tmp_path / "a", tmp_path / "b"
+    one.mkdir()
+    two.mkdir()
+    if case == "all failed":
+        make_job(one, "0_x", "synthetic", "pop", 0)
+    if case in ("seed twice", "two settings"):
+        make_job(one, "0_x", "synthetic", "pop", 0, (0.1, 0.1))
+        make_job(two, "0_x", "synthetic", "pop", 0 if case == "seed twice" else 1, (0.1, 0.1),
+                 n_sessions=1000 if case == "seed twice" else 500)
+    folders = {"missing": [tmp_path / "nowhere"], "empty": [one], "all failed": [one]}.get(
+        case, [one, two])
+    assert results_main([str(f) for f in folders]) == 1
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert not (one / "table3.md").exists()
+
+
+@pytest.mark.slow
+def test_table3_sweep_end_to_end_with_two_rows_and_two_seeds(tmp_path, capsys):
+    """`train.py -m experiment=table3` as a user runs it (two of its rows), then results.py."""
+    sweep = tmp_path / "multirun"
+    data = [o for o in TINY if o.startswith(("data.", "trainer.", "callbacks."))]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env["HOME"] = str(tmp_path)  # keep W&B's settings files out of the real home
+    done = subprocess.run(
+        [sys.executable, "src/train.py", "-m", "experiment=table3", "table3=pop,rib_noatt_sku",
+         "seed=0,1", *data, f"hydra.sweep.dir={sweep}", f"cache_dir={tmp_path / 'cache'}"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    names = ["table3=pop,seed=0", "table3=pop,seed=1", "table3=rib_noatt_sku,seed=0",
+             "table3=rib_noatt_sku,seed=1"]
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == [
+        f"{i}_{n}" for i, n in enumerate(names)]
+    pop_run = next((sweep / f"0_{names[0]}").glob("wandb/offline-run-*/run-*.wandb"))
+    blob = pop_run.read_bytes()
+    assert b"model=pop" in blob and b"features=sku" in blob and b"encoder=" not in blob
+
+    assert results_main([str(sweep)]) == 0
+    table = capsys.readouterr().out
+    assert "over 2 seeds" in table and "not in the table" not in table
+    assert "| SKU | POP |" in table and "|  | RIB w/o attention |" in table
