@@ -18,6 +18,7 @@ os.environ.setdefault("WANDB_MODE", "offline")  # no account or network needed; 
 import hydra
 import polars as pl
 from hydra.core.hydra_config import HydraConfig
+from matplotlib.figure import Figure
 from omegaconf import DictConfig, OmegaConf
 
 from microrec import schema as S
@@ -48,7 +49,7 @@ def rate_notes(table: pl.DataFrame, sep: str = " ") -> list[str]:
 
 
 def grid(table: pl.DataFrame, row: str, col: str, row_title: str, col_title: str,
-         title: str) -> object:
+         title: str) -> Figure:
     """Heatmap of a crosstab table: each row's share of macro interactions per column."""
     rows = table.select(row, INTERACTIONS).unique(maintain_order=True)
     cols = table[col].unique(maintain_order=True).to_list()
@@ -58,7 +59,7 @@ def grid(table: pl.DataFrame, row: str, col: str, row_title: str, col_title: str
                    colorbar="share of the row's macro interactions")
 
 
-def draw(name: str, table: pl.DataFrame, data: str) -> object:
+def draw(name: str, table: pl.DataFrame, data: str) -> Figure:
     """The picture of one Section 3 table."""
     if name == "fig2_conversion_by_activity":
         return bars(table[S.ACTIVITY].to_list(), table[RATE].to_list(), rate_notes(table),

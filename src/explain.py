@@ -26,6 +26,7 @@ os.environ.setdefault("WANDB_MODE", "offline")  # no account or network needed; 
 
 import numpy as np
 import polars as pl
+from matplotlib.figure import Figure
 from omegaconf import OmegaConf
 
 from microrec import interpret as I
@@ -134,7 +135,7 @@ def pick_example(data: Examples, example: int | None) -> int:
     return example
 
 
-def draw_example(table: pl.DataFrame, index: int, target: str, data: str):
+def draw_example(table: pl.DataFrame, index: int, target: str, data: str) -> Figure:
     """Figure 8: one row per run, one column per input micro-behavior, weights annotated."""
     runs = table.select(I.RUN, I.RANK).unique(maintain_order=True)
     inputs = table.filter(pl.col(I.RUN) == runs[I.RUN][0])
@@ -149,7 +150,7 @@ def draw_example(table: pl.DataFrame, index: int, target: str, data: str):
                    red_cols=set(np.flatnonzero(inputs[I.IS_NEXT].to_numpy())))
 
 
-def draw_channel(table: pl.DataFrame, column: str, title: str, xlabel: str):
+def draw_channel(table: pl.DataFrame, column: str, title: str, xlabel: str) -> Figure:
     """Runs x values of an input channel, coloured by relative attention weight."""
     runs = table[I.RUN].unique(maintain_order=True).to_list()
     cols = table[column].unique(maintain_order=True).to_list()
@@ -181,23 +182,23 @@ def explain(paths: list[str], out: Path, example: int | None = None,
     scans = [I.scan(r.model, data, r.label, dm.eval_batch_size) for r in runs]
     tokens = pl.concat([t for t, _ in scans]).with_columns(pl.col(I.RUN).cast(order))
     examples = pl.concat([e for _, e in scans]).with_columns(pl.col(I.RUN).cast(order))
-    images, tables = {}, {}
+    figures, tables = {}, {}
     if with_attention:
         target = I.item_name(prepared, int(data.target[index]))
         tables["attention_example"] = I.example_table(
             {r.label: r.model for r in with_attention}, data, index, prepared)
-        images["attention_example"] = draw_example(tables["attention_example"], index, target,
-                                                   name)
+        figures["attention_example"] = draw_example(tables["attention_example"], index,
+                                                    target, name)
         groups = getattr(dm.source, "activity_groups", PAPER_GROUPS)
         tables["attention_by_activity"] = I.by_channel(tokens, I.ACTIVITY,
                                                        I.activity_names(prepared, groups))
-        images["attention_by_activity"] = draw_channel(
+        figures["attention_by_activity"] = draw_channel(
             tables["attention_by_activity"], I.ACTIVITY,
             f"Attention by activity over the test split ({name})", "activity of the input")
         buckets = bucket_labels(prepared.bucket_edges)
         buckets[UNK] = buckets.pop(UNK)  # unknown last
         tables["attention_by_dwell"] = I.by_channel(tokens, I.DWELL_BUCKET, buckets)
-        images["attention_by_dwell"] = draw_channel(
+        figures["attention_by_dwell"] = draw_channel(
             tables["attention_by_dwell"], I.DWELL_BUCKET,
             f"Attention by dwell time over the test split ({name})", "dwell bucket of the input")
     else:
@@ -206,15 +207,16 @@ def explain(paths: list[str], out: Path, example: int | None = None,
     tables["metrics_by_length"] = by_length
     bins = by_length[I.LENGTH_BIN].unique(maintain_order=True).to_list()
     counts = by_length.filter(pl.col(I.RUN) == runs[0].label)[I.EXAMPLES].to_list()
-    images["metrics_by_length"] = grouped_bars(
+    figures["metrics_by_length"] = grouped_bars(
         {title: by_length[m].to_numpy().reshape(len(runs), len(bins))
          for m, title in ((f"recall@{I.K}", f"Recall@{I.K}"), (f"mrr@{I.K}", f"MRR@{I.K}"))},
         [f"{b}\n(n={c:,})" for b, c in zip(bins, counts, strict=True)], [r.label for r in runs],
         f"Test metrics by input length ({name})", "micro-behaviors before the target")
 
+    images = {}
     for key, table in tables.items():
         save_csv(table.with_columns(pl.col(I.RUN).cast(pl.String)), out / f"{key}.csv")
-        images[key] = save_png(images[key], out / f"{key}.png")
+        images[key] = save_png(figures[key], out / f"{key}.png")
         log.info("%s -> %s", key, images[key])
     overall = I.ranking_metrics(examples, [I.RUN])
     summary = {
