@@ -86,10 +86,11 @@ def draw(name: str, table: pl.DataFrame, data: str) -> Figure:
 def analyze(cfg: DictConfig) -> Section3:
     """Load the data set's events, run every analysis that applies, write PNG + CSV each."""
     run_dir = Path(cfg.run_dir)
-    source = build(cfg.data.source)
+    dm = build(cfg.data)  # the data set exactly as training builds it; no tensors made
+    source, buckets = dm.source, dm.protocol["buckets"]
     groups = getattr(source, "activity_groups", S.PAPER_GROUPS)
     events = S.validate_events(source.load(), source.name)
-    result = section3(events, groups, cfg.data.buckets)
+    result = section3(events, groups, buckets)
     log.info("%s: %s", source.name, result.counts)
     for name, reason in result.skipped.items():
         log.warning("skipped %s (%s): %s", name, FIGURES[name], reason)
@@ -99,7 +100,7 @@ def analyze(cfg: DictConfig) -> Section3:
         save_csv(table, run_dir / f"{name}.csv")
         images[name] = save_png(draw(name, table, source.name), run_dir / f"{name}.png")
         log.info("%s -> %s", FIGURES[name], images[name])
-    save_json({"data": source.name, "buckets": cfg.data.buckets,
+    save_json({"data": source.name, "buckets": buckets,
                "bucket_edges": list(result.edges), "activity_groups": groups,
                **result.counts, "figures": sorted(images), "skipped": result.skipped},
               run_dir / "summary.json")

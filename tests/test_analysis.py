@@ -14,6 +14,7 @@ from polars.testing import assert_frame_equal
 from analyze import analyze
 from microrec import schema as S
 from microrec.analysis import FIGURES, bucket_labels, section3
+from microrec.errors import ConfigError
 
 PNG = b"\x89PNG\r\n\x1a\n"
 SEARCH, HOME, CART_SRC = "SearchList2Product", "Home2Product", "Cart2Product"
@@ -101,9 +102,11 @@ def test_other_activities_run_what_applies_and_say_what_was_skipped():
         "carts": ("cart", 1, 0), "clicks": ("other", 3, 1)}
 
 
-def test_bucket_labels_name_whole_seconds():
+def test_bucket_labels_name_whole_seconds_and_unknown_schemes_are_refused():
     assert list(bucket_labels((15.0, 40.0, 100.0, 600.0)).values()) == [
         "unknown", "0-14 s", "15-39 s", "40-99 s", "100-599 s", "600+ s"]
+    with pytest.raises(ConfigError, match="unknown dwell buckets 'weekly'"):
+        section3(tiny_events(), S.PAPER_GROUPS, "weekly")
 
 
 def compose_analyze(tmp_path, *overrides):

@@ -15,8 +15,10 @@ from dataclasses import dataclass, field
 import polars as pl
 
 from microrec import schema as S
+from microrec.errors import ConfigError
 from microrec.protocol import (
     BUCKET_EDGES,
+    BUCKET_SCHEMES,
     bucketize,
     fit_quantile_edges,
     macro_interactions,
@@ -77,6 +79,9 @@ def section3(events: pl.DataFrame, groups: dict[str, tuple[str, ...]],
         groups: activity group -> activity names (the source's `activity_groups`).
         buckets: dwell bucket scheme; `quantile` is fitted on all macro interactions here.
     """
+    if buckets not in BUCKET_SCHEMES:
+        raise ConfigError(f"unknown dwell buckets '{buckets}': choose one of "
+                          f"{', '.join(BUCKET_SCHEMES)}.")
     events = macro_interactions(events)
     present = set(events[S.ACTIVITY].drop_nulls().unique().to_list())
     have = {g: [a for a in acts if a in present] for g, acts in groups.items()}
