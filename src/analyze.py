@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 from pathlib import Path
 
 os.environ.setdefault("WANDB_MODE", "offline")  # no account or network needed; override freely
@@ -35,9 +34,8 @@ from microrec.analysis import (
     Section3,
     section3,
 )
-from microrec.errors import MicrorecError
+from microrec.config import build, run_or_exit
 from microrec.plots import bars, heatmap, log_to_wandb, save_csv, save_json, save_png
-from train import build
 
 log = logging.getLogger("microrec.analyze")
 
@@ -116,12 +114,7 @@ def analyze(cfg: DictConfig) -> Section3:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="analyze")
 def main(cfg: DictConfig) -> None:
-    try:
-        analyze(cfg)
-    except MicrorecError as e:
-        log.error("%s", e)
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+    run_or_exit(analyze, cfg)
 
 
 if __name__ == "__main__":

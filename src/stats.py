@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import logging
-import sys
 
 import hydra
 from omegaconf import DictConfig
@@ -14,8 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from microrec import schema as S
-from microrec.config import build
-from microrec.errors import MicrorecError
+from microrec.config import build, run_or_exit
 from microrec.summary import Summary, summarize
 
 log = logging.getLogger("microrec.stats")
@@ -59,12 +57,7 @@ def stats(cfg: DictConfig) -> Summary:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="stats")
 def main(cfg: DictConfig) -> None:
-    try:
-        stats(cfg)
-    except MicrorecError as e:
-        log.error("%s", e)
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+    run_or_exit(stats, cfg)
 
 
 if __name__ == "__main__":

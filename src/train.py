@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -20,8 +19,7 @@ import pytorch_lightning as L
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from microrec.config import build
-from microrec.errors import MicrorecError
+from microrec.config import build, run_or_exit
 from microrec.files import atomic_write
 from microrec.models.base import FitFromData
 from microrec.naming import job_label
@@ -105,12 +103,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float:
-    try:
-        return train(cfg)[cfg.monitor]
-    except MicrorecError as e:
-        log.error("%s", e)
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+    return run_or_exit(train, cfg)[cfg.monitor]
 
 
 if __name__ == "__main__":

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+import sys
+
 import hydra
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig
@@ -17,3 +20,13 @@ def build(node: DictConfig, **kwargs):
         if isinstance(e.__cause__, MicrorecError):
             raise e.__cause__ from None
         raise
+
+
+def run_or_exit(task, *args):
+    """Run an entry script's task; a user error becomes one `error: ...` line and exit 1."""
+    try:
+        return task(*args)
+    except MicrorecError as e:
+        logging.getLogger("microrec").error("%s", e)
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
