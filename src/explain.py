@@ -31,12 +31,12 @@ from omegaconf import OmegaConf
 
 from microrec import interpret as I
 from microrec.analysis import bucket_labels
+from microrec.config import build
 from microrec.data import Examples, MicroDataModule
 from microrec.errors import ConfigError, MicrorecError
 from microrec.models.rib import RIB
 from microrec.plots import grouped_bars, heatmap, log_to_wandb, save_csv, save_json, save_png
 from microrec.schema import NUM_SPECIAL, PAPER_GROUPS, UNK
-from train import build
 
 log = logging.getLogger("microrec.explain")
 CHECKPOINT = Path("checkpoints") / "best.ckpt"
