@@ -77,9 +77,8 @@ def bare_steps(model, batches, warmup: int) -> float:
         else:
             negatives = torch.multinomial(model.log_q.exp(), model.hparams.n_negatives,
                                           replacement=True)
-            h = model.dropout(model.pooled(batch))
-            loss = sampled_softmax_loss(h, model.out_weight, model.out_bias, target, negatives,
-                                        model.log_q)
+            loss = sampled_softmax_loss(model.query(batch), model.out_weight, model.out_bias,
+                                        target, negatives, model.log_q)
         for opt in optimizers:
             opt.zero_grad()
         loss.backward()

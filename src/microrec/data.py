@@ -12,6 +12,7 @@ import numpy as np
 import polars as pl
 import pytorch_lightning as L
 import torch
+from pytorch_lightning.accelerators import CUDAAccelerator
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from microrec import schema as S
@@ -244,7 +245,7 @@ class MicroDataModule(L.LightningDataModule):
                                           world=world)
         else:
             batches = EvalBatches(len(data), self.eval_batch_size, rank=rank, world=world)
-        pin = bool(trainer) and trainer.accelerator.__class__.__name__ == "CUDAAccelerator"
+        pin = bool(trainer) and isinstance(trainer.accelerator, CUDAAccelerator)
         return DataLoader(data, sampler=batches, batch_size=None, num_workers=self.num_workers,
                           pin_memory=pin, persistent_workers=self.num_workers > 0)
 

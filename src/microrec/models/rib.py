@@ -185,8 +185,12 @@ class RIB(Recommender):
         last = (batch["length"] - 1).clamp(min=0)  # (B,)
         return h[torch.arange(h.size(0), device=h.device), last]  # (B, H)
 
+    def query(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(B, H) the pooled state the output layer scores against (dropout applied)."""
+        return self.dropout(self.pooled(batch))
+
     def logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        h = self.dropout(self.pooled(batch))  # (B, H)
+        h = self.query(batch)  # (B, H)
         return h @ self.out_weight.weight.T + self.out_bias.weight.T  # (B, n_items)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -199,9 +203,8 @@ class RIB(Recommender):
         else:
             negatives = torch.multinomial(self.log_q.exp(), self.hparams.n_negatives,
                                           replacement=True)  # (K,)
-            h = self.dropout(self.pooled(batch))  # (B, H)
-            loss = sampled_softmax_loss(h, self.out_weight, self.out_bias, target, negatives,
-                                        self.log_q)
+            loss = sampled_softmax_loss(self.query(batch), self.out_weight, self.out_bias,
+                                        target, negatives, self.log_q)
             optimizers = self.optimizers()
             for opt in optimizers:
                 opt.zero_grad()
