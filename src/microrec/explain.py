@@ -117,14 +117,56 @@ def draw_channel(table: pl.DataFrame, column: str, title: str, xlabel: str) -> F
                    rotate=30, percent=False)
 
 
+# One function per figure: its table (one row group per run) and its picture.
+
+def attention_example(runs: list[Run], dm: MicroDataModule, index: int
+                      ) -> tuple[pl.DataFrame, Figure]:
+    """Figure 8: every run's attention over test example `index` (runs with attention)."""
+    data, prepared = dm.dataset("test"), dm.prepared
+    table = I.example_table({r.label: r.model for r in runs}, data, index, prepared)
+    target = I.item_name(prepared, int(data.target[index]))
+    return table, draw_example(table, index, target, dm.source.name)
+
+
+def attention_by_activity(tokens: pl.DataFrame, dm: MicroDataModule
+                          ) -> tuple[pl.DataFrame, Figure]:
+    groups = getattr(dm.source, "activity_groups", S.PAPER_GROUPS)
+    table = I.by_channel(tokens, I.ACTIVITY, I.activity_names(dm.prepared, groups))
+    return table, draw_channel(
+        table, I.ACTIVITY, f"Attention by activity over the test split ({dm.source.name})",
+        "activity of the input")
+
+
+def attention_by_dwell(tokens: pl.DataFrame, dm: MicroDataModule
+                       ) -> tuple[pl.DataFrame, Figure]:
+    buckets = S.bucket_labels(dm.prepared.bucket_edges)
+    buckets[S.UNK] = buckets.pop(S.UNK)  # unknown last
+    table = I.by_channel(tokens, I.DWELL_BUCKET, buckets)
+    return table, draw_channel(
+        table, I.DWELL_BUCKET, f"Attention by dwell time over the test split ({dm.source.name})",
+        "dwell bucket of the input")
+
+
+def metrics_by_length(examples: pl.DataFrame, labels: list[str], data: str
+                      ) -> tuple[pl.DataFrame, Figure]:
+    """Recall@20 and MRR@20 per input-length bin, one bar per run (`labels`, in order)."""
+    table = I.by_length(examples)
+    bins = table[I.LENGTH_BIN].unique(maintain_order=True).to_list()
+    counts = table.filter(pl.col(I.RUN) == labels[0])[I.EXAMPLES].to_list()
+    return table, grouped_bars(
+        {title: table[m].to_numpy().reshape(len(labels), len(bins))
+         for m, title in ((f"recall@{I.K}", f"Recall@{I.K}"), (f"mrr@{I.K}", f"MRR@{I.K}"))},
+        [f"{b}\n(n={c:,})" for b, c in zip(bins, counts, strict=True)], labels,
+        f"Test metrics by input length ({data})", "micro-behaviors before the target")
+
+
 def explain(paths: list[str], out: Path, example: int | None = None,
             logger: str = "wandb", project: str = "microrec") -> dict:
     """Write the attention case study and the test-split summaries of the runs in `paths`."""
     notes: list[str] = []
     runs = load_runs(find_checkpoints(paths), notes)
     dm = runs[0].dm
-    prepared, data = dm.prepared, dm.dataset("test")
-    name = dm.source.name
+    data, name = dm.dataset("test"), dm.source.name
     index = pick_example(data, example)
     order = pl.Enum([r.label for r in runs])
     with_attention = [r for r in runs if r.model.attention is not None]
@@ -138,41 +180,20 @@ def explain(paths: list[str], out: Path, example: int | None = None,
     scans = [I.scan(r.model, data, r.label, dm.eval_batch_size) for r in runs]
     tokens = pl.concat([t for t, _ in scans]).with_columns(pl.col(I.RUN).cast(order))
     examples = pl.concat([e for _, e in scans]).with_columns(pl.col(I.RUN).cast(order))
-    figures, tables = {}, {}
+    figures = {}  # file name -> (table, picture)
     if with_attention:
-        target = I.item_name(prepared, int(data.target[index]))
-        tables["attention_example"] = I.example_table(
-            {r.label: r.model for r in with_attention}, data, index, prepared)
-        figures["attention_example"] = draw_example(tables["attention_example"], index,
-                                                    target, name)
-        groups = getattr(dm.source, "activity_groups", S.PAPER_GROUPS)
-        tables["attention_by_activity"] = I.by_channel(tokens, I.ACTIVITY,
-                                                       I.activity_names(prepared, groups))
-        figures["attention_by_activity"] = draw_channel(
-            tables["attention_by_activity"], I.ACTIVITY,
-            f"Attention by activity over the test split ({name})", "activity of the input")
-        buckets = S.bucket_labels(prepared.bucket_edges)
-        buckets[S.UNK] = buckets.pop(S.UNK)  # unknown last
-        tables["attention_by_dwell"] = I.by_channel(tokens, I.DWELL_BUCKET, buckets)
-        figures["attention_by_dwell"] = draw_channel(
-            tables["attention_by_dwell"], I.DWELL_BUCKET,
-            f"Attention by dwell time over the test split ({name})", "dwell bucket of the input")
+        figures["attention_example"] = attention_example(with_attention, dm, index)
+        figures["attention_by_activity"] = attention_by_activity(tokens, dm)
+        figures["attention_by_dwell"] = attention_by_dwell(tokens, dm)
     else:
         log.warning("no run has attention: only metrics_by_length is written")
-    by_length = I.by_length(examples)
-    tables["metrics_by_length"] = by_length
-    bins = by_length[I.LENGTH_BIN].unique(maintain_order=True).to_list()
-    counts = by_length.filter(pl.col(I.RUN) == runs[0].label)[I.EXAMPLES].to_list()
-    figures["metrics_by_length"] = grouped_bars(
-        {title: by_length[m].to_numpy().reshape(len(runs), len(bins))
-         for m, title in ((f"recall@{I.K}", f"Recall@{I.K}"), (f"mrr@{I.K}", f"MRR@{I.K}"))},
-        [f"{b}\n(n={c:,})" for b, c in zip(bins, counts, strict=True)], [r.label for r in runs],
-        f"Test metrics by input length ({name})", "micro-behaviors before the target")
+    figures["metrics_by_length"] = metrics_by_length(examples, [r.label for r in runs],
+                                                     name)
 
     images = {}
-    for key, table in tables.items():
+    for key, (table, picture) in figures.items():
         save_csv(table.with_columns(pl.col(I.RUN).cast(pl.String)), out / f"{key}.csv")
-        images[key] = save_png(figures[key], out / f"{key}.png")
+        images[key] = save_png(picture, out / f"{key}.png")
         log.info("%s -> %s", key, images[key])
     overall = I.ranking_metrics(examples, [I.RUN])
     summary = {
