@@ -65,6 +65,7 @@ class Interactions:
     have: activity group -> the group's activities present in the data (present groups only).
     labels: dwell bucket id -> readable name; bucket_order: the names present, unknown last.
     dwell: (session, macro, dwell_bucket name) of every macro interaction.
+    edges: the dwell bucket edges used (fitted here for the `quantile` scheme).
     """
 
     acts: pl.DataFrame
