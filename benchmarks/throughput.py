@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import subprocess
 import sys
@@ -222,7 +221,6 @@ def main() -> None:
     if args.stage == "preprocess":
         return preprocess(args.parquet, args.workdir)
 
-    os.environ.setdefault("WANDB_MODE", "offline")
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="microrec-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
     from microrec.synthetic import SyntheticSource

@@ -7,12 +7,9 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 import warnings
 from pathlib import Path
-
-os.environ.setdefault("WANDB_MODE", "offline")  # no account or network needed; override freely
 
 import hydra
 import pytorch_lightning as L
@@ -23,6 +20,7 @@ from microrec.config import build, run_or_exit
 from microrec.files import atomic_write
 from microrec.models.base import FitFromData
 from microrec.naming import job_label
+from microrec.tracking import uses_wandb
 
 log = logging.getLogger("microrec.train")
 # Batches are built by vectorised indexing in the main process: loader workers would not help.
@@ -65,8 +63,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     logger = None
     if cfg.get("logger"):
-        is_wandb = cfg.logger._target_.endswith("WandbLogger")
-        logger = build(cfg.logger, **(run_identity() if is_wandb else {}))
+        logger = build(cfg.logger, **(run_identity() if uses_wandb(cfg.logger) else {}))
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     callbacks = [build(c) for c in cfg.callbacks.values() if c is not None]
     trainer = build(cfg.trainer, logger=logger or False, callbacks=callbacks)
@@ -94,7 +91,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         log.info("test/recall@20 %.4f  test/mrr@20 %.4f  -> %s", metrics["test/recall@20"],
                  metrics["test/mrr@20"], run_dir / "metrics.json")
 
-    if logger is not None and cfg.logger._target_.endswith("WandbLogger"):
+    if uses_wandb(cfg.get("logger")):
         import wandb
 
         wandb.finish()  # each multirun job must be its own W&B run

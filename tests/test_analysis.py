@@ -11,9 +11,8 @@ from conftest import ROOT, TINY
 from hydra import compose, initialize_config_dir
 from polars.testing import assert_frame_equal
 
-from analyze import analyze
 from microrec import schema as S
-from microrec.analysis import FIGURES, bucket_labels, section3
+from microrec.analysis import FIGURES, analyze, section3
 from microrec.errors import ConfigError
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -102,8 +101,22 @@ def test_other_activities_run_what_applies_and_say_what_was_skipped():
         "carts": ("cart", 1, 0), "clicks": ("other", 3, 1)}
 
 
+def test_activities_outside_every_present_group_are_ranked_as_other():
+    """JData's demo names an order and a cart group but holds no cart: no activity besides
+    the orders belongs to a present group (this once crashed on an empty ranking frame)."""
+    events = pl.DataFrame({
+        S.SESSION: [1, 1, 1, 2, 2], S.POS: [0, 1, 2, 0, 1], S.ITEM: [7, 8, 7, 9, 10],
+        S.ACTIVITY: ["browse", "follow", "order", "browse", "browse"]})
+    result = section3(S.validate_events(events, "demo"), {"order": ("order",),
+                                                           "cart": ("cart",)})
+    fig2 = result.tables["fig2_conversion_by_activity"]
+    assert as_dict(fig2, "activity", "group", "interactions", "converted") == {
+        "browse": ("other", 3, 1), "follow": ("other", 1, 0)}
+    assert fig2["activity"].to_list() == ["browse", "follow"]
+
+
 def test_bucket_labels_name_whole_seconds_and_unknown_schemes_are_refused():
-    assert list(bucket_labels((15.0, 40.0, 100.0, 600.0)).values()) == [
+    assert list(S.bucket_labels((15.0, 40.0, 100.0, 600.0)).values()) == [
         "unknown", "0-14 s", "15-39 s", "40-99 s", "100-599 s", "600+ s"]
     with pytest.raises(ConfigError, match="unknown dwell buckets 'weekly'"):
         section3(tiny_events(), S.PAPER_GROUPS, "weekly")

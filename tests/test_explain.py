@@ -1,16 +1,21 @@
 """The attention case study: weights, summaries, pictures, and errors, on tiny trained runs."""
 
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import polars as pl
 import pytest
 import torch
-from conftest import compose_cfg
+from conftest import ROOT, compose_cfg
 from omegaconf import OmegaConf
 
-from explain import READABLE, explain, find_checkpoints, load_runs, main, pick_example
 from microrec import interpret as I
+from microrec.errors import ConfigError
+from microrec.explain import READABLE, explain, load_runs, pick_example
+from microrec.runs import find_checkpoints
 from microrec.schema import NUM_SPECIAL, PAD
 from train import train
 
@@ -39,8 +44,8 @@ def runs(sweep):
 
 
 def test_runs_load_in_job_order_with_readable_labels(runs):
-    assert [r.label for r in runs] == ["SKU · features=sku", "SKU+Activity+Dwell · features=full",
-                                       "SKU+Activity+Dwell · attention=off"]
+    assert [r.label for r in runs] == ["SKU · features=sku", "SKU+Micro-behaviors · features=full",
+                                       "SKU+Micro-behaviors · attention=off"]
     assert [r.model.attention is not None for r in runs] == [True, True, False]
     assert runs[0].dm is runs[1].dm is runs[2].dm  # one data set, rebuilt once
 
@@ -146,20 +151,39 @@ def test_default_example_is_readable_and_its_next_product_is_among_its_inputs(ru
     ("no_config", "has no .hydra/config.yaml"),
     ("bad_example", "example 100000 is out of range: the test split has"),
 ])
-def test_user_errors_end_in_one_sentence_and_a_nonzero_exit(sweep, tmp_path, capsys, case,
-                                                            message):
-    args = {
-        "missing": [str(tmp_path / "nowhere")],
-        "empty": [str(tmp_path)],
-        "no_config": [str(sweep / "0_features=sku" / "checkpoints" / "best.ckpt")],
-        "bad_example": [str(sweep), "--example", "100000"],
-    }[case]
+def test_user_errors_end_in_one_sentence(sweep, tmp_path, case, message):
+    paths, example = {
+        "missing": ([str(tmp_path / "nowhere")], None),
+        "empty": ([str(tmp_path)], None),
+        "bad_example": ([str(sweep)], 100_000),
+    }.get(case, (None, None))
     if case == "no_config":  # a copy of a checkpoint outside its run folder
         copy = tmp_path / "best.ckpt"
         copy.write_bytes((sweep / "0_features=sku" / "checkpoints" / "best.ckpt").read_bytes())
-        args = [str(copy)]
-    assert main([*args, "--out", str(tmp_path / "out"), "--logger", "none"]) == 1
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].startswith("error: ") and message in err[-1]
-    assert "Traceback" not in "\n".join(err)
+        paths = [str(copy)]
+    with pytest.raises(ConfigError, match=message):
+        explain(paths, tmp_path / "out", example, logger="none")
     assert not (tmp_path / "out" / "summary.json").exists()
+
+
+@pytest.mark.slow
+def test_explain_command_writes_its_folder_and_a_user_error_is_one_line(sweep, tmp_path):
+    def run(*args):
+        env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+        env["HOME"] = str(tmp_path)  # keep W&B's settings files out of the real home
+        return subprocess.run([sys.executable, "src/explain.py", *args], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=300)
+
+    done = run(str(sweep), "--out", str(tmp_path / "out"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    printed = json.loads(done.stdout[:done.stdout.rindex("}") + 1])
+    assert list(printed) == [f"{label} · {job}" for label, job in (
+        ("SKU", "features=sku"), ("SKU+Micro-behaviors", "features=full"),
+        ("SKU+Micro-behaviors", "attention=off"))]
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["example"] >= 0
+    assert len(list((tmp_path / "out" / "wandb").glob("offline-run-*"))) == 1
+
+    done = run(str(tmp_path / "nowhere"), "--logger", "none")
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1] == f"error: {tmp_path / 'nowhere'} does not exist."
+    assert "Traceback" not in done.stderr + done.stdout

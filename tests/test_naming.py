@@ -1,4 +1,5 @@
 from microrec.naming import job_label, swept_keys
+from microrec.schema import FEATURE_LABELS, FEATURES
 
 
 def test_only_swept_keys_name_a_job():
@@ -32,3 +33,9 @@ def test_slurm_launcher_preset_composes(tmp_path):
         "SlurmLauncher"
     assert launcher.partition == "gpu" and launcher.gpus_per_node == 1
     assert launcher.submitit_folder == f"{tmp_path}/.submitit/%j"
+
+
+def test_every_feature_variant_has_one_label_and_full_is_the_papers_name():
+    assert FEATURE_LABELS.keys() == FEATURES.keys()
+    assert len(set(FEATURE_LABELS.values())) == len(FEATURES)
+    assert FEATURE_LABELS["full"] == "SKU+Micro-behaviors"  # the paper's Table 3

@@ -12,8 +12,7 @@ from polars.testing import assert_frame_equal
 
 from microrec import schema as S
 from microrec.protocol import BUCKET_EDGES
-from microrec.summary import bucket_ranges, summarize
-from stats import stats
+from microrec.summary import print_summary, summarize
 
 
 def hand_made():
@@ -56,10 +55,11 @@ def test_table2_and_distributions_by_hand():
     ]
 
 
-def test_bucket_ranges_are_whole_seconds():
-    assert bucket_ranges(BUCKET_EDGES["hup"]) == ["0-14 s", "15-39 s", "40-99 s", "100-599 s",
-                                                  "600+ s"]
-    assert bucket_ranges((3.000000001, 7.0, 8.0, 20.0))[:2] == ["0-3 s", "4-6 s"]
+def test_bucket_labels_are_whole_seconds():
+    assert list(S.bucket_labels(BUCKET_EDGES["hup"]).values()) == [
+        "unknown", "0-14 s", "15-39 s", "40-99 s", "100-599 s", "600+ s"]
+    labels = S.bucket_labels((3.000000001, 7.0, 8.0, 20.0))
+    assert (labels[S.NUM_SPECIAL], labels[S.NUM_SPECIAL + 1]) == ("0-3 s", "4-6 s")
 
 
 def stats_cfg(*overrides):
@@ -70,7 +70,7 @@ def stats_cfg(*overrides):
 def test_stats_prints_the_tables_of_a_configured_data_set(tmp_path, capsys):
     path = tmp_path / "jd"
     path.write_text("1+5+c+3+20 1+6+c+3+20 2+9+c+1+8\n4+5+c+3+20 5+5+c+3+500\n")
-    summary = stats(stats_cfg("data=jd_appliances", f"data.path={path}",
+    summary = print_summary(stats_cfg("data=jd_appliances", f"data.path={path}",
                               "data.split=[0.5,0.5,0.0]"))
     out = capsys.readouterr().out
     assert summary.table.row(0) == ("all", 2, 4, 4, 5, 2)
@@ -84,7 +84,7 @@ def test_stats_prints_the_tables_of_a_configured_data_set(tmp_path, capsys):
                     reason="../shared/data/jd-micro-behaviors is not here")
 def test_stats_of_the_jd_appliances_sample(monkeypatch, capsys):
     monkeypatch.chdir(ROOT)
-    summary = stats(stats_cfg("data=jd_appliances"))
+    summary = print_summary(stats_cfg("data=jd_appliances"))
     table = summary.table
     assert table.row(0) == ("all", 1000, 9134, 34_177, 57_332, 33_177)
     assert table.filter(pl.col("part") != "all").select(

@@ -1,8 +1,9 @@
-"""experiment=table3 as Hydra's basic sweeper expands it, and results.py on hand-made jobs."""
+"""experiment=table3 as Hydra's basic sweeper expands it, and Table 3 from hand-made jobs."""
 
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -14,9 +15,11 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
+from microrec.errors import ConfigError
 from microrec.naming import job_label
+from microrec.runs import latest_multirun
 from microrec.schema import FEATURES
-from results import main as results_main
+from microrec.table import table3
 from train import run_identity
 
 BASELINES = ("pop", "bpr_mf", "item_knn", "word2vec", "word2vec_avg")
@@ -126,10 +129,9 @@ EXPECTED = """\
 """  # noqa: E501
 
 
-def test_results_lays_out_table3_with_seeds_gains_and_failed_jobs(multiruns, capsys):
+def test_results_lays_out_table3_with_seeds_gains_and_failed_jobs(multiruns):
     synthetic, jd = multiruns
-    assert results_main([str(synthetic), str(jd)]) == 0
-    printed = capsys.readouterr().out
+    printed = table3([synthetic, jd])
     written = (synthetic / "table3.md").read_text()
     assert printed == written
     assert EXPECTED in written
@@ -150,22 +152,40 @@ def test_results_lays_out_table3_with_seeds_gains_and_failed_jobs(multiruns, cap
     assert not list(synthetic.glob(".*.tmp"))
 
 
-def test_without_folders_results_reads_the_latest_multirun(multiruns, monkeypatch, capsys):
+def run_results(*args, cwd=ROOT):
+    """src/results.py as a user runs it."""
+    return subprocess.run([sys.executable, str(ROOT / "src" / "results.py"), *map(str, args)],
+                          cwd=cwd, capture_output=True, text=True, timeout=120)
+
+
+def test_results_command_reads_the_latest_multirun_and_errors_are_one_line(multiruns):
     synthetic, jd = multiruns
-    monkeypatch.chdir(synthetic.parents[3])
-    assert results_main([]) == 0
-    assert "jd_computers Recall@20" in capsys.readouterr().out
-    assert (jd / "table3.md").is_file() and not (synthetic / "table3.md").exists()
-    monkeypatch.chdir(synthetic)
-    assert results_main([]) == 1
-    assert "no multirun under outputs/multirun" in capsys.readouterr().err
+    done = run_results(cwd=synthetic.parents[3])
+    assert done.returncode == 0, done.stderr
+    assert "jd_computers Recall@20" in done.stdout
+    assert done.stdout == (jd / "table3.md").read_text()
+    assert not (synthetic / "table3.md").exists()
+    for args, message in (((), "error: no multirun under outputs/multirun; run"),
+                          ((synthetic / "nowhere",), "error: no multirun folder at")):
+        done = run_results(*args, cwd=synthetic)
+        assert done.returncode == 1 and done.stdout == ""
+        assert done.stderr.startswith(message) and done.stderr.count("\n") == 1
+
+
+def test_latest_multirun_is_the_newest_date_and_time(multiruns, tmp_path):
+    synthetic, jd = multiruns
+    assert latest_multirun(synthetic.parents[1]) == jd
+    (synthetic.parents[1] / "2026-01-02" / "08-59-59").mkdir()  # earlier the same day
+    assert latest_multirun(synthetic.parents[1]) == jd
+    with pytest.raises(ConfigError, match="no multirun under"):
+        latest_multirun(tmp_path / "none")
 
 
 def test_results_logs_a_wandb_table_offline(multiruns, monkeypatch):
     synthetic, _ = multiruns
     monkeypatch.setenv("HOME", str(synthetic.parent))
     monkeypatch.setenv("WANDB_MODE", "offline")
-    assert results_main([str(synthetic), "--wandb"]) == 0
+    table3([synthetic], use_wandb=True)
     tables = list(synthetic.glob("wandb/offline-run-*/files/media/table/table3_*.table.json"))
     assert len(tables) == 1
     logged = json.loads(tables[0].read_text())
@@ -177,13 +197,13 @@ def test_results_logs_a_wandb_table_offline(multiruns, monkeypatch):
 
 
 @pytest.mark.parametrize("case, message", [
-    ("missing", "error: no multirun folder at"),
+    ("missing", "no multirun folder at"),
     ("empty", "holds no job folders"),
     ("all failed", "none of the 1 jobs in"),
     ("seed twice", "are both seed 0 of POP on synthetic; pass each seed once."),
     ("two settings", "both use data=synthetic but with different data settings"),
 ])
-def test_bad_input_is_one_sentence_and_a_nonzero_exit(tmp_path, capsys, case, message):
+def test_bad_input_is_one_sentence(tmp_path, case, message):
     one, two = tmp_path / "a", tmp_path / "b"
     one.mkdir()
     two.mkdir()
@@ -195,14 +215,13 @@ def test_bad_input_is_one_sentence_and_a_nonzero_exit(tmp_path, capsys, case, me
                  n_sessions=1000 if case == "seed twice" else 500)
     folders = {"missing": [tmp_path / "nowhere"], "empty": [one], "all failed": [one]}.get(
         case, [one, two])
-    assert results_main([str(f) for f in folders]) == 1
-    err = capsys.readouterr().err
-    assert message in err and err.count("\n") == 1
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        table3(folders)
     assert not (one / "table3.md").exists()
 
 
 @pytest.mark.slow
-def test_table3_sweep_end_to_end_with_two_rows_and_two_seeds(tmp_path, capsys):
+def test_table3_sweep_end_to_end_with_two_rows_and_two_seeds(tmp_path):
     """`train.py -m experiment=table3` as a user runs it (two of its rows), then results.py."""
     sweep = tmp_path / "multirun"
     data = [o for o in TINY if o.startswith(("data.", "trainer.", "callbacks."))]
@@ -221,7 +240,6 @@ def test_table3_sweep_end_to_end_with_two_rows_and_two_seeds(tmp_path, capsys):
     blob = pop_run.read_bytes()
     assert b"model=pop" in blob and b"features=sku" in blob and b"encoder=" not in blob
 
-    assert results_main([str(sweep)]) == 0
-    table = capsys.readouterr().out
+    table = table3([sweep])
     assert "over 2 seeds" in table and "not in the table" not in table
     assert "| SKU | POP |" in table and "|  | RIB w/o attention |" in table

@@ -1,3 +1,22 @@
-"""microrec: next-product recommendation from micro-behaviors (RIB, WSDM 2018)."""
+"""microrec: next-product recommendation from micro-behaviors (RIB, WSDM 2018).
+
+Importing the package sets what every entry point shares (train, analyze, stats, explain,
+results, the benchmarks): W&B runs offline unless WANDB_MODE says otherwise, and notices that
+libraries print for their own sake, not the user's, stay quiet.
+"""
+
+import logging
+import os
+import warnings
 
 __version__ = "0.1.0"
+
+os.environ.setdefault("WANDB_MODE", "offline")  # no account or network needed; override freely
+
+# Lightning (2.6) still builds torch's LeafSpec, which torch (2.13) deprecates: a note for
+# Lightning's developers that no setting of ours can change.
+warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+                        category=FutureWarning)
+# Lightning advertises its own cloud logger whenever a run uses another one (or none).
+logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(
+    lambda record: not str(record.msg).startswith("💡 Tip:"))

@@ -10,7 +10,6 @@ import torch
 from rich.progress import track
 
 from microrec import schema as S
-from microrec.analysis import bucket_labels
 from microrec.data import Examples
 from microrec.metrics import target_rank
 from microrec.models.rib import RIB
@@ -100,7 +99,7 @@ def example_table(models: dict[str, RIB], data: Examples, index: int,
     n = int(batch["length"][0])
     target = int(batch["target"][0])
     items = batch["item"][0, :n].tolist()
-    buckets = bucket_labels(prepared.bucket_edges)
+    buckets = S.bucket_labels(prepared.bucket_edges)
     acts = activity_names(prepared)
     inputs = pl.DataFrame({
         POSITION: list(range(1, n + 1)),

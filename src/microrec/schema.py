@@ -5,6 +5,8 @@ Every loader produces the canonical table; every later step reads these names on
 
 from __future__ import annotations
 
+import math
+
 import polars as pl
 
 from microrec.errors import ConfigError, DataError
@@ -53,12 +55,29 @@ PAD = 0
 UNK = 1
 NUM_SPECIAL = 2
 
+def bucket_labels(edges: tuple[float, ...]) -> dict[int, str]:
+    """Readable name of every dwell bucket id: whole seconds, lower edge inclusive."""
+    lows = [0, *(math.ceil(e) for e in edges)]
+    labels = {UNK: "unknown"}
+    for i, low in enumerate(lows):
+        top = f"-{lows[i + 1] - 1} s" if i + 1 < len(lows) else "+ s"
+        labels[NUM_SPECIAL + i] = f"{low}{top}"
+    return labels
+
+
 # Feature variants: which channels besides the product the model sees.
 FEATURES = {
     "sku": (),
     "sku_act": ("activity",),
     "sku_dwell": ("dwell",),
     "full": ("activity", "dwell"),
+}
+# What tables, figures and logs call each variant: the paper's names (its Table 3).
+FEATURE_LABELS = {
+    "sku": "SKU",
+    "sku_act": "SKU+Activity",
+    "sku_dwell": "SKU+Dwell",
+    "full": "SKU+Micro-behaviors",
 }
 
 

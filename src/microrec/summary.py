@@ -7,12 +7,15 @@ settings sees.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import polars as pl
+from omegaconf import DictConfig
+from rich.console import Console
+from rich.table import Table
 
 from microrec import schema as S
+from microrec.config import build
 from microrec.protocol import (
     SPLITS,
     bucketize,
@@ -56,13 +59,6 @@ def counts(events: pl.DataFrame) -> dict[str, int]:
     return row
 
 
-def bucket_ranges(edges: tuple[float, ...]) -> list[str]:
-    """Whole-second range of each bucket, e.g. '0-9 s' ... '121+ s' for the paper's edges."""
-    cuts = [0, *(math.ceil(e) for e in edges)]
-    ranges = [f"{lo}-{hi - 1} s" for lo, hi in zip(cuts[:-1], cuts[1:], strict=True)]
-    return [*ranges, f"{cuts[-1]}+ s"]
-
-
 def summarize(
     events: pl.DataFrame,
     buckets: str = "paper",
@@ -94,10 +90,11 @@ def summarize(
     )
 
     edges = dwell_edges(buckets, macros.filter(pl.col("split") == 0))
+    names = S.bucket_labels(edges)
     ids = list(range(S.NUM_SPECIAL, S.NUM_SPECIAL + len(edges) + 1))
     labels = pl.DataFrame({
         "bucket": [str(i - S.NUM_SPECIAL + 1) for i in ids] + ["unknown"],
-        "range": bucket_ranges(edges) + ["no dwell"],
+        "range": [names[i] for i in ids] + ["no dwell"],
         "id": [*ids, S.UNK],
     }, schema_overrides={"id": pl.Int32})
     per_bucket = macros.group_by(bucketize(pl.col(S.DWELL), edges).alias("id")).agg(
@@ -110,3 +107,39 @@ def summarize(
     )
     dropped = stats[f"sessions_dropped_fewer_than_{min_macros}_macros"]
     return Summary(table=table, activities=activities, dwell=dwell, dropped_sessions=dropped)
+
+
+def table(title: str, frame, caption: str | None = None) -> Table:
+    """A rich table of a Polars frame: counts with thousands separators, shares in percent."""
+    out = Table(title=title, caption=caption, title_justify="left")
+    for name, dtype in frame.schema.items():
+        out.add_column(name.replace("_", " "), justify="right" if dtype.is_numeric() else "left")
+    for row in frame.iter_rows():
+        out.add_row(*(f"{v:.1%}" if isinstance(v, float) else f"{v:,}" if isinstance(v, int)
+                      else "" if v is None else str(v) for v in row))
+    return out
+
+
+def print_summary(cfg: DictConfig) -> Summary:
+    """Load the configured data set, summarise it and print the tables."""
+    source = build(cfg.data.source)
+    events = S.validate_events(source.load(), source.name)
+    summary = summarize(events, buckets=cfg.data.buckets, split=tuple(cfg.data.split),
+                        min_macros=cfg.data.min_macros, seed=cfg.data.seed,
+                        activity_groups=getattr(source, "activity_groups", None),
+                        source=source.name)
+    dropped = (f"{summary.dropped_sessions:,} session(s) with fewer than "
+               f"{cfg.data.min_macros} macro interactions dropped before the split; "
+               if summary.dropped_sessions else "")
+    console = Console()
+    console.print(table(
+        f"{source.name}: Table 2", summary.table,
+        f"{dropped}targets = evaluation examples with eval_targets=all (last: one per "
+        "session)"))
+    if summary.activities.height:
+        console.print(table(f"{source.name}: activities (micro-behaviors)", summary.activities))
+    else:
+        console.print(f"{source.name}: no activities in the data")
+    console.print(table(f"{source.name}: dwell buckets ({cfg.data.buckets})", summary.dwell,
+                        "macro interactions of the kept sessions"))
+    return summary

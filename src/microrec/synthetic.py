@@ -92,11 +92,32 @@ class SyntheticSource:
 
 
 def generate(p: SyntheticSource) -> pl.DataFrame:
-    """Generate the canonical event table for parameters `p`."""
-    rng = np.random.default_rng(p.seed)
-    n, m = p.n_sessions, p.n_items
+    """Generate the canonical event table for parameters `p`, stage by stage.
 
-    # Catalogue: popularity, categories, related products (same category).
+    The stages draw from one generator in a fixed order: changing what one draws changes
+    every later stage (bump GENERATOR_VERSION).
+    """
+    rng = np.random.default_rng(p.seed)
+    catalogue = _catalogue(p, rng)
+    macros = _macro_interactions(p, rng, catalogue)
+    micro = _micro_behaviors(p, rng, macros.interest)
+    return _events(p, rng, catalogue, macros, micro)
+
+
+@dataclass(frozen=True)
+class _Catalogue:
+    category: np.ndarray  # (m,) category of each product
+    related: np.ndarray  # (m, R) related products (same category), strongest first
+    cum_pop: np.ndarray  # (m,) cumulative popularity
+
+    def popular(self, rng: np.random.Generator, size: int) -> np.ndarray:
+        """(size,) products drawn by popularity."""
+        return np.minimum(np.searchsorted(self.cum_pop, rng.random(size)), self.cum_pop.size - 1)
+
+
+def _catalogue(p: SyntheticSource, rng: np.random.Generator) -> _Catalogue:
+    """Popularity, categories and related products (same category)."""
+    m = p.n_items
     pop = 1.0 / np.arange(1, m + 1) ** p.zipf
     pop /= pop.sum()
     cat_weights = 1.0 / np.arange(1, p.n_categories + 1) ** 0.7
@@ -109,27 +130,37 @@ def generate(p: SyntheticSource) -> pl.DataFrame:
     size = cat_size[category][:, None]  # (m, 1)
     step = 1 + (rng.random((m, _N_RELATED)) * np.maximum(size - 1, 1)).astype(np.int64)
     related = by_cat[cat_start[category][:, None] + (own[:, None] + step) % size]  # (m, R)
-    cum_pop = np.cumsum(pop)
+    return _Catalogue(category, related, np.cumsum(pop))
 
-    def popular(size: int) -> np.ndarray:
-        return np.minimum(np.searchsorted(cum_pop, rng.random(size)), m - 1)
 
-    # Macro interactions, one position at a time for all sessions at once.
+@dataclass(frozen=True)
+class _Macros:
+    """The K macro interactions of all sessions, session-major."""
+
+    session: np.ndarray  # (K,)
+    item: np.ndarray  # (K,) product index
+    interest: np.ndarray  # (K,) the hidden interest flag
+
+
+def _macro_interactions(p: SyntheticSource, rng: np.random.Generator,
+                        catalogue: _Catalogue) -> _Macros:
+    """Each session's chain of products, one position at a time for all sessions at once."""
+    n, m = p.n_sessions, p.n_items
     length = np.minimum(2 + rng.poisson(p.mean_macros - 2, size=n), _MAX_MACROS)
     t_max = int(length.max())
     items = np.empty((n, t_max), dtype=np.int64)
     interest = rng.random((n, t_max)) < p.p_interest
-    items[:, 0] = popular(n)
+    items[:, 0] = catalogue.popular(rng, n)
     liked = np.full(n, -1, dtype=np.int64)  # most recent interesting product, -1 if none
     for t in range(1, t_max):
         cur = items[:, t - 1]
         liked = np.where(interest[:, t - 1], cur, liked)
         u = rng.random(n)
-        follow = related[cur, rng.choice(_N_RELATED, size=n, p=_RELATED_WEIGHTS)]
+        follow = catalogue.related[cur, rng.choice(_N_RELATED, size=n, p=_RELATED_WEIGHTS)]
         nxt = np.where(
             interest[:, t - 1],
-            np.where(u < p.p_follow, follow, popular(n)),
-            np.where((u < p.p_return) & (liked >= 0), liked, popular(n)),
+            np.where(u < p.p_follow, follow, catalogue.popular(rng, n)),
+            np.where((u < p.p_return) & (liked >= 0), liked, catalogue.popular(rng, n)),
         )
         same = nxt == cur  # a repeat would merge into the current macro interaction
         nxt[same] = (cur[same] + 1 + rng.integers(0, m - 1, size=int(same.sum()))) % m
@@ -137,41 +168,58 @@ def generate(p: SyntheticSource) -> pl.DataFrame:
         interest[:, t] |= nxt == liked  # coming back to a liked product is interest
 
     keep = np.arange(t_max)[None, :] < length[:, None]  # (n, t_max), session-major
-    m_session = np.broadcast_to(np.arange(n)[:, None], keep.shape)[keep]
-    m_item = items[keep]
-    m_interest = interest[keep]
-    k = m_item.size
+    session = np.broadcast_to(np.arange(n)[:, None], keep.shape)[keep]
+    return _Macros(session, items[keep], interest[keep])
 
-    # Micro-behaviors of each macro interaction: source, detail modules, cart, order.
+
+@dataclass(frozen=True)
+class _Micro:
+    """How many micro-behaviors of each activity code every macro interaction holds."""
+
+    counts: np.ndarray  # (K, 6) events per slot: source, three modules, cart, order
+    codes: np.ndarray  # (K, 6) activity code of each slot (index into schema.ACTIVITIES)
+    dwell: np.ndarray  # (K,) seconds on the product
+
+
+def _micro_behaviors(p: SyntheticSource, rng: np.random.Generator,
+                     interest: np.ndarray) -> _Micro:
+    """Source, detail modules, cart, order and dwell of each macro interaction."""
+    k = interest.size
     source = rng.choice(len(_SOURCE_PROBS), size=k, p=_SOURCE_PROBS)
-    p_module = np.where(m_interest, 0.6, 0.12)[:, None]
-    views = 1 + rng.poisson(np.where(m_interest, p.module_views, 0.3)[:, None], size=(k, 3))
+    p_module = np.where(interest, 0.6, 0.12)[:, None]
+    views = 1 + rng.poisson(np.where(interest, p.module_views, 0.3)[:, None], size=(k, 3))
     modules = np.where(rng.random((k, 3)) < p_module, views, 0)
-    cart = rng.random(k) < np.where(m_interest, 0.35, 0.03)
-    order = cart & m_interest & (rng.random(k) < 0.25)
+    cart = rng.random(k) < np.where(interest, 0.35, 0.03)
+    order = cart & interest & (rng.random(k) < 0.25)
     counts = np.column_stack([np.ones(k, dtype=np.int64), modules, cart, order])  # (k, 6)
     codes = np.column_stack([source, np.broadcast_to(np.arange(5, 10), (k, 5))])  # (k, 6)
     dwell = np.rint(
-        np.exp(rng.normal(np.where(m_interest, np.log(80.0), np.log(12.0)), 0.6))
+        np.exp(rng.normal(np.where(interest, np.log(80.0), np.log(12.0)), 0.6))
     ).astype(np.float64)
+    return _Micro(counts, codes, dwell)
 
-    per_macro = counts.sum(1)
-    e_macro = np.repeat(np.arange(k), per_macro)
-    e_activity = np.repeat(codes.ravel(), counts.ravel())
-    e_session = m_session[e_macro]
+
+def _events(p: SyntheticSource, rng: np.random.Generator, catalogue: _Catalogue,
+            macros: _Macros, micro: _Micro) -> pl.DataFrame:
+    """One row per micro-behavior, with positions, timestamps and SKU-like product ids."""
+    n, dwell = p.n_sessions, micro.dwell
+    per_macro = micro.counts.sum(1)  # (K,)
+    e_macro = np.repeat(np.arange(per_macro.size), per_macro)  # (E,)
+    e_activity = np.repeat(micro.codes.ravel(), micro.counts.ravel())  # (E,)
+    e_session = macros.session[e_macro]  # (E,)
     first_event = np.searchsorted(e_session, np.arange(n))
     e_pos = np.arange(e_macro.size) - first_event[e_session]
 
     # Time: sessions start over 30 days; macro interactions follow each other by their dwell.
     start = 1_700_000_000 + rng.integers(0, 30 * 86_400, size=n)
-    m_first = np.searchsorted(m_session, np.arange(n))
+    m_first = np.searchsorted(macros.session, np.arange(n))
     elapsed = np.cumsum(dwell + 5) - (dwell + 5)
-    m_ts = start[m_session] + (elapsed - elapsed[m_first[m_session]]).astype(np.int64)
+    m_ts = start[macros.session] + (elapsed - elapsed[m_first[macros.session]]).astype(np.int64)
     within = np.arange(e_macro.size) - np.repeat(np.cumsum(per_macro) - per_macro, per_macro)
     e_ts = m_ts[e_macro] + (dwell[e_macro] * within / per_macro[e_macro]).astype(np.int64)
 
-    item_ids = 100_000 + rng.permutation(m)  # SKU-like ids, unrelated to popularity rank
-    e_item = m_item[e_macro]
+    item_ids = 100_000 + rng.permutation(p.n_items)  # SKU-like ids, unrelated to popularity
+    e_item = macros.item[e_macro]
     return pl.DataFrame(
         {
             S.SESSION: e_session.astype(np.int64),
@@ -180,7 +228,7 @@ def generate(p: SyntheticSource) -> pl.DataFrame:
             S.ACTIVITY: e_activity.astype(np.int32),
             S.DWELL: dwell[e_macro],
             S.TS: e_ts,
-            S.CATEGORY: category[e_item].astype(np.int32),
+            S.CATEGORY: catalogue.category[e_item].astype(np.int32),
         }
     ).with_columns(
         pl.col(S.ACTIVITY).replace_strict(dict(enumerate(S.ACTIVITIES)), return_dtype=pl.String),

@@ -11,7 +11,7 @@ from microrec.protocol import SplitArrays
 from microrec.schema import NUM_SPECIAL
 
 
-def mask_special(scores: torch.Tensor) -> torch.Tensor:
+def mask_special_(scores: torch.Tensor) -> torch.Tensor:
     """Padding and unknown ids can never be recommended (in place, returns `scores`)."""
     scores[:, :NUM_SPECIAL] = float("-inf")
     return scores
@@ -23,7 +23,7 @@ def last_items(batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return batch["item"].gather(1, last[:, None]).squeeze(1)
 
 
-def exclude_last(scores: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+def exclude_last_(scores: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """The input's last product is never its target (DESIGN.md): rank it last (in place)."""
     return scores.scatter_(1, last_items(batch)[:, None], float("-inf"))
 
@@ -50,7 +50,7 @@ def macro_visits(split: SplitArrays) -> tuple[np.ndarray, np.ndarray]:
 
 class Recommender(L.LightningModule):
     """Subclasses implement `forward(batch) -> (B, n_items)` scores over every item id,
-    with padding and unknown masked (`mask_special`)."""
+    with padding and unknown masked (`mask_special_`)."""
 
     def __init__(self):
         super().__init__()

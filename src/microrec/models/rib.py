@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from microrec.errors import ConfigError
-from microrec.models.base import Recommender, mask_special
+from microrec.models.base import Recommender, mask_special_
 from microrec.schema import NUM_SPECIAL, PAD, channels
 
 log = logging.getLogger(__name__)
@@ -194,7 +194,7 @@ class RIB(Recommender):
         return h @ self.out_weight.weight.T + self.out_bias.weight.T  # (B, n_items)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return mask_special(self.logits(batch))  # (B, n_items)
+        return mask_special_(self.logits(batch))  # (B, n_items)
 
     def training_step(self, batch, batch_idx):
         target = batch["target"]  # (B,)
@@ -220,7 +220,7 @@ class RIB(Recommender):
         if known.any():
             loss = F.cross_entropy(logits[known], batch["target"][known])
             self.log("val/loss", loss, batch_size=int(known.sum()), sync_dist=True)
-        self.val_metrics.update(mask_special(logits), batch["target"])
+        self.val_metrics.update(mask_special_(logits), batch["target"])
 
     def configure_optimizers(self):
         hp = self.hparams

@@ -1,0 +1,211 @@
+"""What trained RIB runs attend to, side by side: Figure 8 and summaries over the test split.
+
+`explain` writes attention_example (one test sequence, every run's weights side by side, the
+paper's Figure 8), attention_by_activity, attention_by_dwell and metrics_by_length (a PNG
+and its CSV each) and summary.json.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+from matplotlib.figure import Figure
+from omegaconf import OmegaConf
+
+from microrec import interpret as I
+from microrec import schema as S
+from microrec.config import build
+from microrec.data import Examples, MicroDataModule
+from microrec.errors import ConfigError
+from microrec.models.rib import RIB
+from microrec.plots import grouped_bars, heatmap, log_to_wandb, save_csv, save_json, save_png
+from microrec.runs import CONFIG, find_checkpoints, job_id, run_folder
+
+log = logging.getLogger("microrec.explain")
+RIB_TARGET = f"{RIB.__module__}.{RIB.__qualname__}"
+READABLE = (5, 20)  # default example: the first with this many input micro-behaviors
+
+
+@dataclass
+class Run:
+    dir: Path
+    label: str
+    model: RIB
+    dm: MicroDataModule
+
+
+def run_label(run_dir: Path, features: str) -> str:
+    """e.g. 'SKU+Dwell · features=sku_dwell' for multirun job folder 2_features=sku_dwell."""
+    _, job = job_id(run_dir)
+    return f"{S.FEATURE_LABELS.get(features, features)} · {job}"
+
+
+def load_runs(checkpoints: list[Path], notes: list[str]) -> list[Run]:
+    """Each RIB run's model and its data module, rebuilt from the run's saved config."""
+    runs, data = [], {}
+    for ckpt in checkpoints:
+        run_dir = run_folder(ckpt)
+        if not (run_dir / CONFIG).is_file():
+            raise ConfigError(f"{ckpt}: its run folder {run_dir} has no {CONFIG}, so its data "
+                              "cannot be rebuilt.")
+        cfg = OmegaConf.load(run_dir / CONFIG)
+        target = OmegaConf.select(cfg, "model._target_")
+        if target != RIB_TARGET:
+            notes.append(f"{run_dir.name}: not a RIB run (model {target}); skipped.")
+            continue
+        dm = build(cfg.data)
+        dm = data.setdefault((dm.cache_key(), dm.max_len), dm)
+        dm.setup()
+        model = RIB.load_from_checkpoint(ckpt, map_location="cpu").eval()
+        runs.append(Run(run_dir, run_label(run_dir, model.hparams.features), model, dm))
+    if not runs:
+        raise ConfigError(f"no RIB checkpoint among {', '.join(map(str, checkpoints))}.")
+    if len(data) > 1:
+        raise ConfigError("the runs were trained on different data or data settings: explain "
+                          "compares runs on one data set, so give it one data set's runs.")
+    labels = [r.label for r in runs]
+    for i, run in enumerate(runs):  # unique labels even for repeated settings
+        if labels.count(run.label) > 1:
+            run.label = f"{run.label} ({i})"
+    return runs
+
+
+def pick_example(data: Examples, example: int | None) -> int:
+    """The chosen test example; by default the first with a readable number of micro-behaviors
+    whose next product is among its inputs (else the first readable one, else 0)."""
+    n = len(data)
+    if example is None:
+        lengths = data.lengths().numpy()
+        readable = np.flatnonzero((lengths >= READABLE[0]) & (lengths <= READABLE[1]))
+        known = (data.target >= S.NUM_SPECIAL).numpy()
+        in_input = (i for i in readable.tolist()
+                    if known[i] and (data[[i]]["item"][0] == data.target[i]).any())
+        return next(in_input, int(readable[0]) if readable.size else 0)
+    if not 0 <= example < n:
+        raise ConfigError(f"example {example} is out of range: the test split has {n} "
+                          f"examples (0 to {n - 1}).")
+    return example
+
+
+def draw_example(table: pl.DataFrame, index: int, target: str, data: str) -> Figure:
+    """Figure 8: one row per run, one column per input micro-behavior, weights annotated."""
+    runs = table.select(I.RUN, I.RANK).unique(maintain_order=True)
+    inputs = table.filter(pl.col(I.RUN) == runs[I.RUN][0])
+    values = table[I.WEIGHT].to_numpy().reshape(runs.height, inputs.height)
+    cols = [f"{p} · {a} · {d}" for p, a, d in
+            inputs.select(I.PRODUCT, I.ACTIVITY, I.DWELL_BUCKET).iter_rows()]
+    rows = [f"{run}\nrank of next product: {rank}" for run, rank in runs.iter_rows()]
+    return heatmap(values, rows, cols,
+                   f"Figure 8. Attention over test example {index} ({data}); true next product "
+                   f"{target} (red labels)", "input micro-behavior: product · activity · dwell",
+                   "run", "attention weight", fmt="{:.2f}", rotate=90, percent=False,
+                   red_cols=set(np.flatnonzero(inputs[I.IS_NEXT].to_numpy())))
+
+
+def draw_channel(table: pl.DataFrame, column: str, title: str, xlabel: str) -> Figure:
+    """Runs x values of an input channel, coloured by relative attention weight."""
+    runs = table[I.RUN].unique(maintain_order=True).to_list()
+    cols = table[column].unique(maintain_order=True).to_list()
+    # every run saw the same test tokens, so each has every value: the grid is full
+    values = table[I.RELATIVE].to_numpy().reshape(len(runs), len(cols))
+    return heatmap(values, runs, cols, title, xlabel, "run",
+                   "mean weight x input length (1 = uniform attention)", fmt="{:.2f}",
+                   rotate=30, percent=False)
+
+
+# One function per figure: its table (one row group per run) and its picture.
+
+def attention_example(runs: list[Run], dm: MicroDataModule, index: int
+                      ) -> tuple[pl.DataFrame, Figure]:
+    """Figure 8: every run's attention over test example `index` (runs with attention)."""
+    data, prepared = dm.dataset("test"), dm.prepared
+    table = I.example_table({r.label: r.model for r in runs}, data, index, prepared)
+    target = I.item_name(prepared, int(data.target[index]))
+    return table, draw_example(table, index, target, dm.source.name)
+
+
+def attention_by_activity(tokens: pl.DataFrame, dm: MicroDataModule
+                          ) -> tuple[pl.DataFrame, Figure]:
+    groups = getattr(dm.source, "activity_groups", S.PAPER_GROUPS)
+    table = I.by_channel(tokens, I.ACTIVITY, I.activity_names(dm.prepared, groups))
+    return table, draw_channel(
+        table, I.ACTIVITY, f"Attention by activity over the test split ({dm.source.name})",
+        "activity of the input")
+
+
+def attention_by_dwell(tokens: pl.DataFrame, dm: MicroDataModule
+                       ) -> tuple[pl.DataFrame, Figure]:
+    buckets = S.bucket_labels(dm.prepared.bucket_edges)
+    buckets[S.UNK] = buckets.pop(S.UNK)  # unknown last
+    table = I.by_channel(tokens, I.DWELL_BUCKET, buckets)
+    return table, draw_channel(
+        table, I.DWELL_BUCKET, f"Attention by dwell time over the test split ({dm.source.name})",
+        "dwell bucket of the input")
+
+
+def metrics_by_length(examples: pl.DataFrame, labels: list[str], data: str
+                      ) -> tuple[pl.DataFrame, Figure]:
+    """Recall@20 and MRR@20 per input-length bin, one bar per run (`labels`, in order)."""
+    table = I.by_length(examples)
+    bins = table[I.LENGTH_BIN].unique(maintain_order=True).to_list()
+    counts = table.filter(pl.col(I.RUN) == labels[0])[I.EXAMPLES].to_list()
+    return table, grouped_bars(
+        {title: table[m].to_numpy().reshape(len(labels), len(bins))
+         for m, title in ((f"recall@{I.K}", f"Recall@{I.K}"), (f"mrr@{I.K}", f"MRR@{I.K}"))},
+        [f"{b}\n(n={c:,})" for b, c in zip(bins, counts, strict=True)], labels,
+        f"Test metrics by input length ({data})", "micro-behaviors before the target")
+
+
+def explain(paths: list[str], out: Path, example: int | None = None,
+            logger: str = "wandb", project: str = "microrec") -> dict:
+    """Write the attention case study and the test-split summaries of the runs in `paths`."""
+    notes: list[str] = []
+    runs = load_runs(find_checkpoints(paths), notes)
+    dm = runs[0].dm
+    data, name = dm.dataset("test"), dm.source.name
+    index = pick_example(data, example)
+    order = pl.Enum([r.label for r in runs])
+    with_attention = [r for r in runs if r.model.attention is not None]
+    for r in runs:
+        if r.model.attention is None:
+            notes.append(f"{r.label}: trained with attention=off, so it has no attention "
+                         "weights; it appears in metrics_by_length only.")
+    for note in notes:
+        log.warning("%s", note)
+
+    scans = [I.scan(r.model, data, r.label, dm.eval_batch_size) for r in runs]
+    tokens = pl.concat([t for t, _ in scans]).with_columns(pl.col(I.RUN).cast(order))
+    examples = pl.concat([e for _, e in scans]).with_columns(pl.col(I.RUN).cast(order))
+    figures = {}  # file name -> (table, picture)
+    if with_attention:
+        figures["attention_example"] = attention_example(with_attention, dm, index)
+        figures["attention_by_activity"] = attention_by_activity(tokens, dm)
+        figures["attention_by_dwell"] = attention_by_dwell(tokens, dm)
+    else:
+        log.warning("no run has attention: only metrics_by_length is written")
+    figures["metrics_by_length"] = metrics_by_length(examples, [r.label for r in runs],
+                                                     name)
+
+    images = {}
+    for key, (table, picture) in figures.items():
+        save_csv(table.with_columns(pl.col(I.RUN).cast(pl.String)), out / f"{key}.csv")
+        images[key] = save_png(picture, out / f"{key}.png")
+        log.info("%s -> %s", key, images[key])
+    overall = I.ranking_metrics(examples, [I.RUN])
+    summary = {
+        "data": name, "example": index, "notes": notes, "figures": sorted(images),
+        "runs": [{"label": r.label, "dir": str(r.dir), "features": r.model.hparams.features,
+                  "attention": r.model.attention is not None, "test": row}
+                 for r, row in zip(runs, overall.drop(I.RUN).iter_rows(named=True),
+                                   strict=True)],
+    }
+    save_json(summary, out / "summary.json")
+    if logger == "wandb":
+        log_to_wandb(images, project=project, dir=str(out), name=f"explain-{name}",
+                     job_type="explain", tags=[f"data={name}"],
+                     config={"runs": [str(r.dir) for r in runs], "example": index})
+    return summary
