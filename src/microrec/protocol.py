@@ -242,11 +242,8 @@ def prepare(
     act_order = activity_vocabulary(act[event_split == 0], names)
     # Stage 3: one (item, activity, bucket) token per event.
     macros = label_macros(macros, item_vocab, edges)
-    act_lookup = np.full(len(names) + 1, S.UNK, dtype=np.int32)
-    act_lookup[act_order] = np.arange(S.NUM_SPECIAL, S.NUM_SPECIAL + len(act_order),
-                                      dtype=np.int32)
     gmacro = events[GMACRO].to_numpy()
-    tokens = event_tokens(macros, gmacro, act_lookup[act])  # (E, 3)
+    tokens = event_tokens(macros, gmacro, activity_ids(act, act_order, len(names)))  # (E, 3)
     macros = macros.with_columns(pl.Series("size", np.bincount(gmacro, minlength=macros.height)))
     del events, act, gmacro
     # Stage 4: examples of each split.
@@ -326,6 +323,13 @@ def activity_vocabulary(train_act: np.ndarray, names: list[str]) -> list[int]:
     counts = np.bincount(train_act, minlength=len(names) + 1)[:len(names)]
     return sorted((i for i in range(len(names)) if counts[i]), key=lambda i: (-counts[i],
                                                                               names[i]))
+
+
+def activity_ids(act: np.ndarray, order: list[int], n_names: int) -> np.ndarray:
+    """(E,) int32 activity id of each event code: NUM_SPECIAL + its place in `order`, else UNK."""
+    lookup = np.full(n_names + 1, S.UNK, dtype=np.int32)
+    lookup[order] = np.arange(S.NUM_SPECIAL, S.NUM_SPECIAL + len(order), dtype=np.int32)
+    return lookup[act]
 
 
 def label_macros(macros: pl.DataFrame, item_vocab: pl.DataFrame,
