@@ -77,8 +77,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
         best = trainer.checkpoint_callback.best_model_path
         log.info("best checkpoint: %s", best)
     metrics = {}
-    for results in (trainer.validate(model, datamodule=dm, ckpt_path=best, verbose=False),
-                    trainer.test(model, datamodule=dm, ckpt_path=best, verbose=False)):
+    for results in (trainer.validate(model, datamodule=dm, ckpt_path=best, verbose=False,
+                                     weights_only=True),  # a checkpoint never runs code
+                    trainer.test(model, datamodule=dm, ckpt_path=best, verbose=False,
+                                 weights_only=True)):
         metrics.update({k: float(v) for k, v in results[0].items()})
     if fitted:
         trainer.save_checkpoint(trainer.checkpoint_callback.format_checkpoint_name({}))

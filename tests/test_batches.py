@@ -33,3 +33,13 @@ def test_training_shards_are_disjoint_equal_and_follow_the_seed():
 def test_order_works_with_any_initial_seed():
     torch.manual_seed(2**64 - 1)  # the largest seed torch accepts (a fresh process picks any)
     assert len(list(LengthBucketBatches(torch.ones(10, dtype=torch.long), 4))) == 3
+
+
+def test_a_small_eval_split_still_gives_every_rank_a_batch():
+    # one 512-batch would leave rank 1 without one: it would skip the epoch end and leave
+    # rank 0 waiting in the metric sync
+    shards = [list(EvalBatches(101, 512, rank=r, world=2)) for r in range(2)]
+    assert all(len(s) == 1 for s in shards)
+    assert sorted(torch.cat([s[0] for s in shards]).tolist()) == list(range(101))
+    assert [b.numel() for b in EvalBatches(101, 512)] == [101]  # one process: unchanged
+    assert len(EvalBatches(1, 512, rank=1, world=2)) == 0  # fewer examples than ranks

@@ -76,6 +76,9 @@ def test_ddp_on_two_cpu_processes_evaluates_like_one(tmp_path):
     done = run_train("trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
                      "logger=none", *overrides, f"hydra.run.dir={run}", tmp_path=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
+    output = done.stdout + done.stderr
+    assert output.count("processing synthetic") == 1  # rank 1 loads what rank 0 processed
+    assert output.count("loaded processed synthetic") >= 1
     ddp = json.loads((run / "metrics.json").read_text())
 
     cfg = compose_cfg(tmp_path / "single", overrides)

@@ -91,7 +91,8 @@ def test_fingerprint_follows_content_not_location(tmp_path):
 def test_jd_config_reads_data_path_and_the_cache_follows_content(tmp_path):
     path = write(tmp_path / "sample", "1+5+c+3+20 2+6+c+3+5 3+9+c+1+8\n"
                                       + "4+5+c+3+20 5+5+c+3+5\n" * 4)
-    cfg = compose_cfg(tmp_path, ["data=jd_computers", f"data.path={path}"], tiny=False)
+    split = "data.split=[0.4,0.3,0.3]"  # five sessions: 0.8 / 0.1 / 0.1 leaves one empty
+    cfg = compose_cfg(tmp_path, ["data=jd_computers", f"data.path={path}", split], tiny=False)
     dm = hydra.utils.instantiate(cfg.data)
     assert (dm.path, dm.source.path, dm.source.name) == (str(path), path, "jd_computers")
     dm.setup()
@@ -100,7 +101,7 @@ def test_jd_config_reads_data_path_and_the_cache_follows_content(tmp_path):
     assert sum(stats[f"{part}/sessions"] for part in ("train", "val", "test")) == 5
     assert dm.prepared.has_activity and dm.prepared.has_dwell
     copy = shutil.copy(path, tmp_path / "copy")
-    moved = compose_cfg(tmp_path, ["data=jd_computers", f"data.path={copy}"], tiny=False)
+    moved = compose_cfg(tmp_path, ["data=jd_computers", f"data.path={copy}", split], tiny=False)
     assert hydra.utils.instantiate(moved.data).cache_key() == dm.cache_key()
 
 

@@ -155,3 +155,37 @@ def test_nothing_to_learn_is_a_clear_error():
     one_macro_each = frame([(s, 0, "a", "Cart", 1.0, s) for s in range(5)])
     with pytest.raises(DataError, match="no session has 2 or more macro interactions"):
         prepare(one_macro_each)
+
+
+def short_sessions(n_short):
+    """20 sessions of which the first n_short keep only two macro interactions."""
+    events = sessions_frame(20)
+    return events.filter(~((pl.col(S.SESSION) < n_short) & (pl.col(S.POS) >= 4)))
+
+
+@pytest.mark.parametrize("events, kwargs, message", [
+    (sessions_frame(3), {},
+     r"^data: the test split got no sessions \(training 2, validation 1, test 0 of the 3 "
+     r"sessions kept, so it has no examples\): use more data or a larger test fraction in "
+     r"data\.split \(now \[0\.8, 0\.1, 0\.1\]\)\.$"),
+    (sessions_frame(1), {"split": (0.3, 0.4, 0.3)},
+     r"^data: the training and test splits got no sessions \(training 0, validation 1, test 0 "
+     r"of the 1 sessions kept, so they have no examples\): use more data or larger training "
+     r"and test fractions"),
+    (short_sessions(11), {"min_macros": 3, "split": (0.9, 0.05, 0.05)},
+     r"^data: the test split got no sessions \(training 8, validation 1, test 0 of the 9 "
+     r"sessions kept.*, or a lower data\.min_macros \(11 sessions had fewer than 3 macro "
+     r"interactions\)\.$"),
+])
+def test_a_split_without_sessions_stops_with_its_counts_and_the_remedy(events, kwargs, message):
+    with pytest.raises(DataError, match=message):
+        prepare(events, **kwargs)
+
+
+def test_the_smallest_data_with_every_split_filled_is_accepted():
+    prep = prepare(sessions_frame(3), split=(0.4, 0.3, 0.3))
+    assert [prep.stats[f"{name}/sessions"] for name in ("train", "val", "test")] == [1, 1, 1]
+    assert all(prep.splits[name].target.size for name in ("train", "val", "test"))
+    # a zero fraction is a choice, not too little data (the data module checks its use)
+    everything = prepare(sessions_frame(3), split=(1.0, 0.0, 0.0))
+    assert everything.splits["val"].target.size == everything.splits["test"].target.size == 0

@@ -33,11 +33,11 @@ def test_processed_tensors_are_cached_by_content(cfg_factory, tmp_path):
     cfg = cfg_factory()
     dm = hydra.utils.instantiate(cfg.data)
     dm.setup()
-    files = sorted((tmp_path / "cache").glob("synthetic-*.pt"))
+    files = sorted((tmp_path / "cache").glob("synthetic-*.npz"))
     assert len(files) == 1
     again = hydra.utils.instantiate(cfg.data)
     again.setup()
-    assert sorted((tmp_path / "cache").glob("synthetic-*.pt")) == files
+    assert sorted((tmp_path / "cache").glob("synthetic-*.npz")) == files
     np.testing.assert_array_equal(dm.prepared.splits["train"].tokens,
                                   again.prepared.splits["train"].tokens)
     assert hydra.utils.instantiate(cfg.data, buckets="hup").cache_key() != dm.cache_key()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from contextlib import contextmanager
+from dataclasses import fields
 from pathlib import Path
 from typing import Protocol
 
@@ -16,11 +18,31 @@ from pytorch_lightning.accelerators import CUDAAccelerator
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from microrec import schema as S
-from microrec.errors import ConfigError
+from microrec.errors import ConfigError, DataError
 from microrec.files import atomic_write
-from microrec.protocol import N_BUCKETS, PROTOCOL_VERSION, Prepared, SplitArrays, prepare
+from microrec.protocol import (
+    N_BUCKETS,
+    PROTOCOL_VERSION,
+    SPLIT_NAMES,
+    SPLITS,
+    Prepared,
+    SplitArrays,
+    prepare,
+)
+
+try:
+    import fcntl
+except ImportError:  # Windows: no lock; concurrent builders still each write a whole file
+    fcntl = None
 
 log = logging.getLogger(__name__)
+CACHE_FORMAT = 1  # layout of the processed-data cache file; bump when it changes
+N_DWELL = N_BUCKETS + S.NUM_SPECIAL
+# The splits each trainer stage serves: a training run also tests its chosen checkpoint
+# afterwards (DESIGN.md), so an empty test split stops it before training, not after.
+STAGE_SPLITS = {"fit": SPLITS, "validate": ("val",), "test": ("test",)}
+STAGE_USE = {"fit": "a training run validates and then tests its chosen checkpoint",
+             "validate": "trainer.validate evaluates on it", "test": "trainer.test evaluates on it"}
 
 
 class EventSource(Protocol):
@@ -122,6 +144,10 @@ class EvalBatches(Sampler):
     """
 
     def __init__(self, n: int, batch_size: int, rank: int = 0, world: int = 1):
+        if -(-n // batch_size) < world:
+            # a rank without a batch would skip the epoch end and leave the others waiting
+            # in the metric sync, so small splits are cut into one smaller batch per rank
+            batch_size = max(1, -(-n // world))
         self.batches = torch.arange(n).split(batch_size)[rank::world]
 
     def __len__(self) -> int:
@@ -188,36 +214,81 @@ class MicroDataModule(L.LightningDataModule):
                            **self.protocol}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
-    def setup(self, stage: str | None = None) -> None:
-        if self.prepared is not None:
-            return
-        path = self.cache_dir / f"{self.source.name}-{self.cache_key()}.pt"
-        if path.exists():
-            self.prepared = torch.load(path, weights_only=False)
-            log.info("loaded processed %s from %s", self.source.name, path)
-        else:
-            log.info("processing %s%s (cache miss: %s)", self.source.name,
-                     f" from {self.path}" if self.path else "", path)
-            # no name keeps the raw table alive while prepare() slims it down
-            self.prepared = prepare(S.validate_events(self.source.load(), self.source.name),
-                                    source=self.source.name, **self.protocol)
-            atomic_write(path, lambda tmp: torch.save(self.prepared, tmp))
-        self._check_features()
-        log.info("%s: %s", self.source.name, json.dumps(self.prepared.stats))
+    def cache_path(self) -> Path:
+        return self.cache_dir / f"{self.source.name}-{self.cache_key()}.npz"
 
-    def _check_features(self) -> None:
+    def prepare_data(self) -> None:
+        """Process the data into the cache once; Lightning calls this on (local) rank 0 only.
+
+        The other ranks then load the cache in `setup`. Kept in memory here too, so this
+        process's own `setup` does not read it back.
+        """
+        self._ready()
+
+    def setup(self, stage: str | None = None) -> None:
+        """Load the cache on every rank (building it first where no `prepare_data` did, as
+        in a script without a trainer), and check the splits the trainer's stage needs."""
+        prepared = self._ready()
+        needed = STAGE_SPLITS.get(stage, ())
+        empty = [SPLIT_NAMES[name] for name in needed if prepared.splits[name].target.size == 0]
+        if empty:  # only a zero fraction leaves a split empty: prepare() refuses the rest
+            many = len(empty) > 1
+            raise ConfigError(
+                f"data.split {list(self.protocol['split'])} leaves the {' and '.join(empty)} "
+                f"split{'s' if many else ''} empty, but {STAGE_USE[stage]}: give "
+                f"{'each' if many else 'it'} a positive fraction."
+            )
+
+    def _load_or_build(self) -> Prepared:
+        path = self.cache_path()
+        prepared = self._read(path, warn=True)
+        if prepared is None:
+            with exclusive(path):
+                # a process that held the lock before us may have just built it
+                prepared = self._read(path, warn=False)
+                if prepared is None:
+                    prepared = self._build(path)
+        return prepared
+
+    def _read(self, path: Path, warn: bool) -> Prepared | None:
+        """The cached data, or None when the file is missing or unusable (then rebuilt)."""
+        if not path.exists():
+            return None
+        try:
+            prepared = read_cache(path, self.cache_key())
+        except Exception as e:  # any failure to read it means only that it must be rebuilt
+            if warn:
+                log.warning("cache file %s is unreadable (%s: %s); rebuilding it", path,
+                            type(e).__name__, e)
+            return None
+        log.info("loaded processed %s from %s", self.source.name, path)
+        return prepared
+
+    def _build(self, path: Path) -> Prepared:
+        log.info("processing %s%s (cache miss: %s)", self.source.name,
+                 f" from {self.path}" if self.path else "", path)
+        # no name keeps the raw table alive while prepare() slims it down
+        prepared = prepare(S.validate_events(self.source.load(), self.source.name),
+                           source=self.source.name, **self.protocol)
+        write_cache(path, prepared, self.cache_key())
+        return prepared
+
+    def _check_features(self, prepared: Prepared) -> None:
         needs = S.channels(self.features)
-        if "activity" in needs and not self.prepared.has_activity:
+        if "activity" in needs and not prepared.has_activity:
             raise ConfigError(f"features={self.features} needs activities, but data set "
                               f"'{self.source.name}' has none; use features=sku or sku_dwell.")
-        if "dwell" in needs and not self.prepared.has_dwell:
+        if "dwell" in needs and not prepared.has_dwell:
             raise ConfigError(f"features={self.features} needs dwell times, but data set "
                               f"'{self.source.name}' has neither dwell nor timestamps; use "
                               "features=sku or sku_act.")
 
     def _ready(self) -> Prepared:
         if self.prepared is None:
-            self.setup()
+            prepared = self._load_or_build()
+            self._check_features(prepared)
+            log.info("%s: %s", self.source.name, json.dumps(prepared.stats))
+            self.prepared = prepared
         return self.prepared
 
     @property
@@ -230,7 +301,7 @@ class MicroDataModule(L.LightningDataModule):
 
     @property
     def n_dwell(self) -> int:
-        return N_BUCKETS + S.NUM_SPECIAL
+        return N_DWELL
 
     # -- loaders -------------------------------------------------------------------------
     def dataset(self, split: str) -> Examples:
@@ -245,6 +316,12 @@ class MicroDataModule(L.LightningDataModule):
                                           world=world)
         else:
             batches = EvalBatches(len(data), self.eval_batch_size, rank=rank, world=world)
+        if len(batches) == 0:
+            raise DataError(
+                f"{self.source.name}: the {split} split's {len(data)} examples give rank {rank} "
+                f"of {world} processes no batch: use more data, a smaller data.batch_size "
+                f"(now {self.batch_size}) or fewer devices."
+            )
         pin = bool(trainer) and isinstance(trainer.accelerator, CUDAAccelerator)
         return DataLoader(data, sampler=batches, batch_size=None, num_workers=self.num_workers,
                           pin_memory=pin, persistent_workers=self.num_workers > 0)
@@ -276,7 +353,14 @@ class MicroDataModule(L.LightningDataModule):
         key = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:20]
         path = self.cache_dir / f"w2v-{key}.npy"
         if path.exists():
-            return np.load(path)
+            try:
+                vectors = np.load(path, allow_pickle=False)
+                if vectors.shape != (size[channel], dim) or vectors.dtype != np.float32:
+                    raise ValueError(f"holds {vectors.dtype} {vectors.shape}")
+                return vectors
+            except Exception as e:  # unreadable or not ours: train the vectors again
+                log.warning("cache file %s is unreadable (%s: %s); rebuilding it", path,
+                            type(e).__name__, e)
         train = self._ready().splits["train"]
         sentences = np.split(train.tokens[:, column], train.session_end[:-1])
         vectors = train_vectors(sentences, size[channel], dim, window, epochs, seed)
@@ -287,3 +371,78 @@ class MicroDataModule(L.LightningDataModule):
 
         atomic_write(path, save)
         return vectors
+
+
+# -- the processed-data cache ----------------------------------------------------------------
+@contextmanager
+def exclusive(path: Path):
+    """Hold a lock beside `path`, so processes that start together build its file once.
+
+    flock is dropped by the kernel when the holder exits, so a killed process leaves no
+    stale lock behind.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.parent / f".{path.name}.lock", "w") as f:
+        if fcntl is not None:
+            fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+
+
+def write_cache(path: Path, prepared: Prepared, key: str) -> None:
+    """Store `prepared` as one .npz of plain arrays, metadata as JSON bytes, atomically.
+
+    One file, so data and metadata cannot be torn apart; nothing in it needs pickle.
+    """
+    meta = {"format": CACHE_FORMAT, "key": key, "items": prepared.items,
+            "activities": prepared.activities, "bucket_edges": list(prepared.bucket_edges),
+            "has_activity": prepared.has_activity, "has_dwell": prepared.has_dwell,
+            "stats": prepared.stats}
+    arrays = {f"{name}.{f.name}": getattr(split, f.name)
+              for name, split in prepared.splits.items() for f in fields(SplitArrays)}
+    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+
+    def save(tmp):
+        with open(tmp, "wb") as f:  # a file object: given a name, numpy would append .npz
+            np.savez(f, **arrays)
+
+    atomic_write(path, save)
+
+
+def read_cache(path: Path, key: str) -> Prepared:
+    """Load a file written by `write_cache` for `key`, never unpickling anything.
+
+    Raises when the file is truncated (zip CRCs), written for other settings, or its arrays
+    do not fit together.
+    """
+    with np.load(path, allow_pickle=False) as npz:
+        meta = json.loads(npz["meta"].tobytes())
+        if meta["format"] != CACHE_FORMAT or meta["key"] != key:
+            raise ValueError(f"written for other settings (key {meta['key']})")
+        splits = {name: SplitArrays(**{f.name: npz[f"{name}.{f.name}"]
+                                       for f in fields(SplitArrays)}) for name in SPLITS}
+    prepared = Prepared(splits=splits, items=meta["items"], activities=meta["activities"],
+                        bucket_edges=tuple(meta["bucket_edges"]),
+                        has_activity=meta["has_activity"], has_dwell=meta["has_dwell"],
+                        stats=meta["stats"])
+    bounds = np.array([prepared.n_items, prepared.n_activities, N_DWELL])
+    for name, arrays in splits.items():
+        if not _consistent(arrays, bounds):
+            raise ValueError(f"its {name} arrays do not fit together")
+    return prepared
+
+
+def _consistent(a: SplitArrays, bounds: np.ndarray) -> bool:
+    """Whether one split's arrays have the shapes, types and ranges that serving assumes."""
+    offsets = (a.first, a.end, a.target, a.session_end)
+    if (a.tokens.dtype != np.int32 or a.tokens.ndim != 2 or a.tokens.shape[1] != 3
+            or any(x.dtype != np.int64 or x.ndim != 1 for x in offsets)
+            or not a.first.shape == a.end.shape == a.target.shape):
+        return False
+    n_tokens = a.tokens.shape[0]
+    if n_tokens == 0:  # a split given no sessions (a zero fraction)
+        return a.target.size == 0 and a.session_end.size == 0
+    return bool(a.session_end.size and a.session_end[-1] == n_tokens
+                and (0 <= a.first).all() and (a.first < a.end).all()
+                and (a.end <= n_tokens).all() and (0 <= a.target).all()
+                and (a.target < bounds[0]).all() and a.tokens.min() >= 0
+                and (a.tokens.max(axis=0) < bounds).all())

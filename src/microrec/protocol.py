@@ -222,74 +222,143 @@ def prepare(
     seed: int = 0,
     source: str = "data",
 ) -> Prepared:
-    """Run the protocol on a validated canonical event table.
+    """Run the protocol on a validated canonical event table, one stage after another.
 
     Event-level work is linear scans and gathers by macro index (no event-level joins), so
     paper scale (about 40M events) fits in a few GiB.
     """
     check_settings(buckets, split, eval_targets, min_macros)
-    # Activities as small integer codes right away: 40M strings are the largest column.
+    # Stage 1: macro interactions, dwell, session filter and split.
     names = events[S.ACTIVITY].drop_nulls().unique().sort().cast(pl.String).to_list()
-    events, macros, stats = split_events(events.select(
-        S.SESSION, S.POS, S.ITEM, S.DWELL, S.TS,
-        pl.col(S.ACTIVITY).cast(pl.String).cast(pl.Enum(names)).to_physical().alias("act"),
-    ), split, min_macros, seed, source)
+    events, macros, stats = split_events(encode_activities(events, names), split, min_macros,
+                                         seed, source)
+    check_splits(macros, split, min_macros, stats, source)
+    # Stage 2: vocabularies and dwell edges, from the training split alone.
     train_macros = macros.filter(pl.col("split") == 0)
     edges = dwell_edges(buckets, train_macros)
-
-    # Vocabularies from the training split alone, most frequent first.
-    item_vocab = (
-        train_macros.group_by(S.ITEM).agg(pl.len().alias("count"))
-        .sort(["count", S.ITEM], descending=[True, False])
-        .with_row_index("item_id", offset=S.NUM_SPECIAL)
-    )
-    macros = macros.join(item_vocab.select(S.ITEM, "item_id"), on=S.ITEM, how="left",
-                         maintain_order="left").with_columns(
-        pl.col("item_id").fill_null(S.UNK).cast(pl.Int32),
-        bucketize(pl.col(S.DWELL), edges).alias(S.BUCKET),
-    )
-
-    # Broadcast macro attributes to events by gathering on the global macro index.
-    gmacro = events[GMACRO].to_numpy()
+    item_vocab = item_vocabulary(train_macros)
     event_split = events["split"].to_numpy()
     act = events["act"].fill_null(len(names)).to_numpy().astype(np.int64)  # null -> extra code
-    counts = np.bincount(act[event_split == 0], minlength=len(names) + 1)[:len(names)]
-    order = sorted((i for i in range(len(names)) if counts[i]), key=lambda i: (-counts[i],
-                                                                               names[i]))
-    act_lookup = np.full(len(names) + 1, S.UNK, dtype=np.int32)
-    act_lookup[order] = np.arange(S.NUM_SPECIAL, S.NUM_SPECIAL + len(order), dtype=np.int32)
-    tokens = np.column_stack([
-        macros["item_id"].to_numpy()[gmacro],
-        act_lookup[act],
-        macros[S.BUCKET].to_numpy()[gmacro],
-    ]).astype(np.int32)  # (E, 3)
+    act_order = activity_vocabulary(act[event_split == 0], names)
+    # Stage 3: one (item, activity, bucket) token per event.
+    macros = label_macros(macros, item_vocab, edges)
+    gmacro = events[GMACRO].to_numpy()
+    tokens = event_tokens(macros, gmacro, activity_ids(act, act_order, len(names)))  # (E, 3)
     macros = macros.with_columns(pl.Series("size", np.bincount(gmacro, minlength=macros.height)))
     del events, act, gmacro
-
+    # Stage 4: examples of each split.
     splits = {}
     for code, name in enumerate(SPLITS):
         mask = event_split == code
         splits[name] = _examples(macros.filter(pl.col("split") == code), tokens[mask],
                                  train=(code == 0), eval_targets=eval_targets)
-        stats[f"{name}/sessions"] = int(splits[name].session_end.size)
-        stats[f"{name}/events"] = int(mask.sum())
-        stats[f"{name}/examples"] = int(splits[name].target.size)
-        stats[f"{name}/unknown_targets"] = int((splits[name].target == S.UNK).sum())
+        stats.update(split_stats(name, splits[name], n_events=int(mask.sum())))
     for name in SPLITS[1:]:
         if stats[f"{name}/unknown_targets"]:
             log.info("%s: %d of %d %s targets are products unseen in training (count as misses)",
                      source, stats[f"{name}/unknown_targets"], stats[f"{name}/examples"], name)
-    if stats["train/examples"] == 0:
-        raise DataError(f"{source}: the training split is empty after filtering.")
     return Prepared(
         splits=splits,
         items=item_vocab[S.ITEM].to_list(),
-        activities=[names[i] for i in order],
+        activities=[names[i] for i in act_order],
         bucket_edges=tuple(edges),
-        has_activity=bool(order),
+        has_activity=bool(act_order),
         has_dwell=bool((macros[S.BUCKET] != S.UNK).any()),
         stats=stats,
     )
+
+
+def encode_activities(events: pl.DataFrame, names: list[str]) -> pl.DataFrame:
+    """The columns the protocol reads, activities as codes into `names` (column `act`).
+
+    Codes right away: 40M activity strings are the largest column of a paper-size table.
+    """
+    return events.select(
+        S.SESSION, S.POS, S.ITEM, S.DWELL, S.TS,
+        pl.col(S.ACTIVITY).cast(pl.String).cast(pl.Enum(names)).to_physical().alias("act"),
+    )
+
+
+SPLIT_NAMES = {"train": "training", "val": "validation", "test": "test"}
+
+
+def check_splits(macros: pl.DataFrame, split: tuple[float, float, float], min_macros: int,
+                 stats: dict, source: str) -> None:
+    """Refuse a split that was given a share of the sessions but got none (too little data).
+
+    Every kept session has at least one example in each mode, so a split has examples
+    exactly when it has sessions. A zero fraction is a choice (e.g. fitting on all the
+    data); the data module refuses it where a trainer needs that split.
+    """
+    first_macros = macros.filter(pl.col(S.MACRO) == 0)  # one row per session
+    n = np.bincount(first_macros["split"].to_numpy(), minlength=len(SPLITS)).tolist()
+    empty = [SPLIT_NAMES[name] for code, name in enumerate(SPLITS)
+             if n[code] == 0 and split[code] > 0]
+    if not empty:
+        return
+    dropped = stats[f"sessions_dropped_fewer_than_{min_macros}_macros"]
+    lower = (f", or a lower data.min_macros ({dropped} sessions had fewer than {min_macros} "
+             "macro interactions)" if dropped and min_macros > 2 else "")
+    parts, many = " and ".join(empty), len(empty) > 1
+    raise DataError(
+        f"{source}: the {parts} split{'s' if many else ''} got no sessions (training {n[0]}, "
+        f"validation {n[1]}, test {n[2]} of the {sum(n)} sessions kept, so "
+        f"{'they have' if many else 'it has'} no examples): use more data or "
+        f"{'larger' if many else 'a larger'} {parts} fraction{'s' if many else ''} in "
+        f"data.split (now {list(split)}){lower}."
+    )
+
+
+def item_vocabulary(train_macros: pl.DataFrame) -> pl.DataFrame:
+    """Products of the training split, most frequent first, with ids from NUM_SPECIAL."""
+    return (
+        train_macros.group_by(S.ITEM).agg(pl.len().alias("count"))
+        .sort(["count", S.ITEM], descending=[True, False])
+        .with_row_index("item_id", offset=S.NUM_SPECIAL)
+    )
+
+
+def activity_vocabulary(train_act: np.ndarray, names: list[str]) -> list[int]:
+    """Codes of the activities seen in training (code len(names) = missing), most frequent first."""
+    counts = np.bincount(train_act, minlength=len(names) + 1)[:len(names)]
+    return sorted((i for i in range(len(names)) if counts[i]), key=lambda i: (-counts[i],
+                                                                              names[i]))
+
+
+def activity_ids(act: np.ndarray, order: list[int], n_names: int) -> np.ndarray:
+    """(E,) int32 activity id of each event code: NUM_SPECIAL + its place in `order`, else UNK."""
+    lookup = np.full(n_names + 1, S.UNK, dtype=np.int32)
+    lookup[order] = np.arange(S.NUM_SPECIAL, S.NUM_SPECIAL + len(order), dtype=np.int32)
+    return lookup[act]
+
+
+def label_macros(macros: pl.DataFrame, item_vocab: pl.DataFrame,
+                 edges: tuple[float, ...]) -> pl.DataFrame:
+    """Add each macro interaction's item id (UNK outside the vocabulary) and dwell bucket."""
+    return macros.join(item_vocab.select(S.ITEM, "item_id"), on=S.ITEM, how="left",
+                       maintain_order="left").with_columns(
+        pl.col("item_id").fill_null(S.UNK).cast(pl.Int32),
+        bucketize(pl.col(S.DWELL), edges).alias(S.BUCKET),
+    )
+
+
+def event_tokens(macros: pl.DataFrame, gmacro: np.ndarray, activity: np.ndarray) -> np.ndarray:
+    """(E, 3) int32 item, activity and bucket ids: macro attributes gathered by macro index."""
+    return np.column_stack([
+        macros["item_id"].to_numpy()[gmacro],
+        activity,
+        macros[S.BUCKET].to_numpy()[gmacro],
+    ]).astype(np.int32)  # (E, 3)
+
+
+def split_stats(name: str, arrays: SplitArrays, n_events: int) -> dict[str, int]:
+    """Counts of one split for the logs and the cache."""
+    return {
+        f"{name}/sessions": int(arrays.session_end.size),
+        f"{name}/events": n_events,
+        f"{name}/examples": int(arrays.target.size),
+        f"{name}/unknown_targets": int((arrays.target == S.UNK).sum()),
+    }
 
 
 def _examples(macros: pl.DataFrame, tokens: np.ndarray, train: bool,

@@ -1,0 +1,228 @@
+"""Small data, corrupt or unsafe caches, and the cache under several processes."""
+
+import logging
+import os
+import pickle
+import subprocess
+import sys
+import threading
+from dataclasses import fields
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from conftest import ROOT
+
+import microrec.data
+from microrec.data import MicroDataModule
+from microrec.errors import ConfigError, DataError
+from microrec.protocol import SPLITS, SplitArrays
+from microrec.synthetic import SyntheticSource
+
+SOURCE = dict(n_sessions=300, n_items=40, n_categories=4)
+
+
+def module(cache_dir, **kwargs) -> MicroDataModule:
+    return MicroDataModule(SyntheticSource(**SOURCE), cache_dir=str(cache_dir), **kwargs)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The data processed once into a cache of its own, to compare rebuilt caches against."""
+    dm = module(tmp_path_factory.mktemp("reference"))
+    dm.setup()
+    return dm.prepared
+
+
+def assert_same(a, b):
+    for name in SPLITS:
+        for f in fields(SplitArrays):
+            x, y = getattr(a.splits[name], f.name), getattr(b.splits[name], f.name)
+            assert x.dtype == y.dtype and np.array_equal(x, y), (name, f.name)
+    for attr in ("items", "activities", "bucket_edges", "has_activity", "has_dwell", "stats"):
+        assert getattr(a, attr) == getattr(b, attr), attr
+
+
+class Plant:
+    """Unpickling this creates `path`: proof that a loader ran code from a file."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return open, (str(self.path), "w")
+
+
+def truncate(path, marker):
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) // 2])
+
+
+def flip_a_byte(path, marker):
+    data = bytearray(path.read_bytes())
+    data[len(data) // 3] ^= 0xFF  # inside an array's bytes: only the zip CRC can tell
+    path.write_bytes(bytes(data))
+
+
+def plain_pickle(path, marker):
+    path.write_bytes(pickle.dumps(Plant(marker)))
+
+
+def torch_pickle(path, marker):  # the format of the cache before it held plain arrays
+    torch.save(Plant(marker), path)
+
+
+def npz_with_object_array(path, marker):
+    with open(path, "wb") as f:
+        np.savez(f, meta=np.array([Plant(marker)], dtype=object))
+
+
+def other_settings(path, marker):
+    other = module(path.parent / "other", buckets="hup")
+    other.setup()
+    other.cache_path().replace(path)  # a whole, valid cache file, but for other settings
+
+
+def id_out_of_range(path, marker):
+    with np.load(path, allow_pickle=False) as npz:
+        arrays = dict(npz)
+    arrays["test.tokens"][-1, 0] = 10**6  # whole and of the right key, but no such product
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
+
+
+@pytest.mark.parametrize("damage", [truncate, flip_a_byte, plain_pickle, torch_pickle,
+                                    npz_with_object_array, other_settings, id_out_of_range])
+def test_a_damaged_or_foreign_cache_is_named_rebuilt_and_never_unpickled(
+        damage, reference, tmp_path, caplog):
+    dm = module(tmp_path)
+    dm.setup()
+    path = dm.cache_path()
+    marker = tmp_path / "code-ran"
+    damage(path, marker)
+
+    again = module(tmp_path)
+    with caplog.at_level(logging.INFO, logger="microrec.data"):
+        again.setup()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and f"cache file {path} is unreadable" in warnings[0]
+    assert "rebuilding it" in warnings[0]
+    assert not marker.exists()
+    assert_same(again.prepared, reference)
+
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="microrec.data"):
+        module(tmp_path).setup()  # the rebuilt file is whole again
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert any("loaded processed" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("damage", [truncate, plain_pickle])
+def test_a_damaged_word2vec_cache_is_retrained(damage, tmp_path, caplog):
+    dm = module(tmp_path)
+    vectors = dm.word2vec("item", dim=8, epochs=1)
+    (path,) = tmp_path.glob("w2v-*.npy")
+    marker = tmp_path / "code-ran"
+    damage(path, marker)
+    with caplog.at_level(logging.WARNING, logger="microrec.data"):
+        again = module(tmp_path).word2vec("item", dim=8, epochs=1)
+    assert [f"cache file {path} is unreadable" in r.getMessage() for r in caplog.records] == [True]
+    assert not marker.exists()
+    np.testing.assert_array_equal(again, vectors)  # word2vec is seeded: the same vectors
+    np.testing.assert_array_equal(np.load(path, allow_pickle=False), vectors)
+
+
+def test_prepare_data_builds_the_cache_and_setup_only_loads_it(reference, tmp_path,
+                                                               monkeypatch):
+    first = module(tmp_path)
+    first.prepare_data()  # what Lightning runs on rank 0 only
+    assert first.cache_path().is_file()
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("setup processed the data again")
+
+    monkeypatch.setattr(microrec.data, "prepare", refuse)
+    other_rank = module(tmp_path)
+    other_rank.setup()
+    assert_same(other_rank.prepared, reference)
+    first.setup()  # the same process keeps what prepare_data built
+    assert first.prepared is not None
+
+
+def test_processes_starting_together_on_a_cold_cache_process_once(reference, tmp_path,
+                                                                  monkeypatch):
+    calls = []
+    real = microrec.data.prepare
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(microrec.data, "prepare", counted)
+    modules = [module(tmp_path) for _ in range(3)]
+    threads = [threading.Thread(target=m.setup) for m in modules]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1
+    for m in modules:
+        assert_same(m.prepared, reference)
+
+
+def test_a_rank_without_a_training_batch_stops_before_training(tmp_path):
+    dm = module(tmp_path, batch_size=100_000)  # the whole training split is one batch
+    dm.trainer = SimpleNamespace(global_rank=1, world_size=2)
+    with pytest.raises(DataError, match=r"^synthetic: the train split's \d+ examples give "
+                       r"rank 1 of 2 processes no batch: use more data, a smaller "
+                       r"data\.batch_size \(now 100000\) or fewer devices\.$"):
+        dm.train_dataloader()
+
+
+@pytest.mark.parametrize("split, stage, message", [
+    ((1.0, 0.0, 0.0), "fit", r"leaves the validation and test splits empty, but a training run "
+                             r"validates and then tests its chosen checkpoint: give each a "
+                             r"positive fraction\.$"),
+    ((0.9, 0.1, 0.0), "fit", r"leaves the test split empty, but a training run"),
+    ((0.9, 0.1, 0.0), "test", r"leaves the test split empty, but trainer\.test evaluates on it: "
+                              r"give it a positive fraction\.$"),
+])
+def test_a_stage_refuses_a_split_its_zero_fraction_left_empty(tmp_path, split, stage, message,
+                                                              caplog):
+    dm = module(tmp_path, split=split)
+    dm.setup()  # a script without a trainer may use the training split alone
+    with pytest.raises(ConfigError, match=r"^data\.split \[[0-9., ]+\] " + message):
+        dm.setup(stage)
+    with caplog.at_level(logging.WARNING, logger="microrec.data"):
+        module(tmp_path, split=split).setup("validate" if split[1] else None)
+    assert not caplog.records  # a cache with an empty split is whole, not rebuilt
+
+
+# Three JD sessions: 0.8 / 0.1 / 0.1 of three sessions leaves the test split empty.
+THREE_SESSIONS = """\
+11+5+7+0+12 11+6+7+3+12 12+5+7+9+30 13+2+7+31+4
+21+5+7+0+40 22+5+7+41+8 22+9+7+2+8
+31+1+7+0+3 32+5+7+4+70 33+7+7+80+15 31+5+7+16+9
+"""
+
+
+@pytest.mark.slow
+def test_three_sessions_end_in_one_error_line_not_a_traceback(tmp_path):
+    data = tmp_path / "three_sessions.txt"
+    data.write_text(THREE_SESSIONS)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env["HOME"] = str(tmp_path)
+    done = subprocess.run(
+        [sys.executable, "src/train.py", "data=jd_appliances", f"data.path={data}",
+         "logger=none", f"hydra.run.dir={tmp_path / 'run'}", f"cache_dir={tmp_path / 'cache'}"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    output = done.stdout + done.stderr
+    assert done.returncode == 1, output[-3000:]
+    errors = [line for line in output.splitlines() if line.startswith("error:")]
+    assert errors == ["error: jd_appliances: the test split got no sessions (training 2, "
+                      "validation 1, test 0 of the 3 sessions kept, so it has no examples): "
+                      "use more data or a larger test fraction in data.split (now [0.8, 0.1, "
+                      "0.1])."]
+    assert "Traceback" not in output
+    assert not (tmp_path / "run" / "metrics.json").exists()
