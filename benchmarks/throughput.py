@@ -1,13 +1,15 @@
 """Throughput and memory of microrec at paper scale. Prints one JSON line per figure, then a table.
 
     python benchmarks/throughput.py                      # paper scale (about 40M micro-behaviors)
+    python benchmarks/throughput.py --preprocess-only    # only the two preprocessing figures
     python benchmarks/throughput.py --sessions 20000 --items 5000 --steps 10   # a quick look
 
-Figures: preprocessing (Parquet events -> cached tensors) wall time and peak memory, in a
-fresh process; training throughput of RIB through the Lightning module and through a bare
-PyTorch loop on the same model, batches and data (full and sampled softmax); full-ranking
-evaluation throughput; achieved GFLOP/s of a training step against a measured SGEMM rate;
-peak memory of a real `src/train.py` run at the same scale. See benchmarks/README.md.
+Figures: preprocessing (a Parquet event file, and the same events as a JD session text file
+-> cached tensors) wall time and peak memory, each in a fresh process; training throughput
+of RIB through the Lightning module and through a bare PyTorch loop on the same model,
+batches and data (full and sampled softmax); full-ranking evaluation throughput; achieved
+GFLOP/s of a training step against a measured SGEMM rate; peak memory of a real
+`src/train.py` run at the same scale. See benchmarks/README.md.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -31,8 +34,19 @@ def report(name: str, value: float, unit: str, **extra) -> None:
     print(json.dumps(row), flush=True)
 
 
-def peak_rss_gib(who=resource.RUSAGE_SELF) -> float:
-    return resource.getrusage(who).ru_maxrss / 2**20  # ru_maxrss is KiB on Linux
+def peak_rss_gib() -> float:
+    """This process's peak resident memory.
+
+    Read from VmHWM, not ru_maxrss: Linux carries the parent's peak over fork and exec into a
+    child's ru_maxrss (and so into RUSAGE_CHILDREN), so a small child of this benchmark's big
+    parent would report the parent's peak.
+    """
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 2**20  # kB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
 def source_params(args) -> dict:
@@ -41,14 +55,18 @@ def source_params(args) -> dict:
 
 
 # -- stage: preprocessing in a fresh process (its peak memory is its own) --------------------
-def preprocess(parquet: Path, cache_dir: Path) -> None:
+def preprocess(path: Path, kind: str, cache_dir: Path) -> None:
+    """Read `path` (parquet: a canonical table; jd: a JD session file) and build the cache."""
     import polars as pl
 
     from microrec.data import MicroDataModule
+    from microrec.loaders import JDSessions
     from microrec.sources import FrameSource
 
     started = time.perf_counter()
-    dm = MicroDataModule(FrameSource(pl.read_parquet(parquet), "paper"), cache_dir=str(cache_dir))
+    source = (FrameSource(pl.read_parquet(path), "paper") if kind == "parquet"
+              else JDSessions(str(path), "jd"))
+    dm = MicroDataModule(source, cache_dir=str(cache_dir))
     dm.setup()
     print(json.dumps({"wall_s": time.perf_counter() - started, "peak_gib": peak_rss_gib(),
                       "events": dm.prepared.stats["events"],
@@ -181,22 +199,78 @@ def evaluation(dm, args) -> None:
            catalogue=dm.n_items - 2, batch=dm.eval_batch_size)
 
 
+# -- stage: a training run in a fresh process that reports its own peak memory -------------
+def train_run(overrides: list[str]) -> None:
+    """Run `src/train.py` with `overrides` in this process, then print its peak memory."""
+    import runpy
+
+    sys.argv = [str(ROOT / "src" / "train.py"), *overrides]
+    try:
+        runpy.run_path(sys.argv[0], run_name="__main__")
+    finally:
+        print(json.dumps({"peak_gib": peak_rss_gib()}), flush=True)
+
+
 def training_run_memory(args, cache_dir: Path) -> None:
     """Peak memory of `src/train.py` at this scale (generation, preprocessing and training)."""
     params = [f"data.source.{k}={v}" for k, v in source_params(args).items()]
-    cmd = [sys.executable, str(ROOT / "src" / "train.py"), *params, "logger=none",
-           "callbacks.progress=null", f"+trainer.max_steps={args.run_steps}",
-           f"+trainer.limit_val_batches={args.eval_batches}",
-           f"+trainer.limit_test_batches={args.eval_batches}", "model.init=random",
-           f"+trainer.val_check_interval={args.run_steps}",
-           f"cache_dir={cache_dir}", f"hydra.run.dir={cache_dir / 'run'}"]
+    overrides = [*params, "logger=none",
+                 "callbacks.progress=null", f"+trainer.max_steps={args.run_steps}",
+                 f"+trainer.limit_val_batches={args.eval_batches}",
+                 f"+trainer.limit_test_batches={args.eval_batches}", "model.init=random",
+                 f"+trainer.val_check_interval={args.run_steps}",
+                 f"cache_dir={cache_dir}", f"hydra.run.dir={cache_dir / 'run'}"]
     started = time.perf_counter()
-    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    done = subprocess.run([sys.executable, __file__, "--stage", "train-run", "--overrides",
+                           json.dumps(overrides)], cwd=ROOT, capture_output=True, text=True)
     if done.returncode:
         sys.exit(f"error: the training run failed:\n{done.stderr[-2000:]}")
-    report("train_run_peak_memory", peak_rss_gib(resource.RUSAGE_CHILDREN), "GiB",
-           target="< 12", wall_s=round(time.perf_counter() - started, 1),
-           steps=args.run_steps)
+    peak = json.loads(done.stdout.strip().splitlines()[-1])["peak_gib"]
+    report("train_run_peak_memory", peak, "GiB", target="< 12",
+           wall_s=round(time.perf_counter() - started, 1), steps=args.run_steps)
+
+
+def write_inputs(args, workdir: Path) -> tuple[Path, Path]:
+    """The synthetic events at this scale as a Parquet file and as a JD session file (kept)."""
+    import polars as pl
+
+    from microrec.files import atomic_write
+    from microrec.loaders import write_jd_sessions
+    from microrec.synthetic import SyntheticSource
+
+    source = SyntheticSource(**source_params(args))
+    parquet = workdir / f"events-{source.fingerprint()}.parquet"
+    jd = workdir / f"events-{source.fingerprint()}.jd"
+    events = None
+    if not parquet.exists():
+        started = time.perf_counter()
+        events = source.load()
+        atomic_write(parquet, events.write_parquet)
+        report("generate_and_write_parquet_s", time.perf_counter() - started, "s")
+    if not jd.exists():
+        started = time.perf_counter()
+        write_jd_sessions(events if events is not None else pl.read_parquet(parquet), jd)
+        report("write_jd_text_s", time.perf_counter() - started, "s",
+               bytes=jd.stat().st_size)
+    return parquet, jd
+
+
+def measure_preprocessing(kind: str, path: Path, cache_dir: Path) -> dict:
+    """Wall time and peak memory of a cold preprocessing of `path`, in a fresh process."""
+    shutil.rmtree(cache_dir, ignore_errors=True)  # always measure a cold preprocessing
+    child = subprocess.run([sys.executable, __file__, "--stage", "preprocess", "--input",
+                            str(path), "--kind", kind, "--workdir", str(cache_dir)],
+                           capture_output=True, text=True, cwd=ROOT)
+    if child.returncode:
+        sys.exit(f"error: preprocessing {kind} failed: "
+                 f"{child.stderr.strip().splitlines()[-1]}")
+    pre = json.loads(child.stdout.strip().splitlines()[-1])
+    label = "" if kind == "parquet" else f"_{kind}"  # the Parquet figures keep their names
+    report(f"preprocess{label}_wall_s", pre["wall_s"], "s", target="< 90",
+           events=pre["events"], train_examples=pre["train_examples"],
+           products=pre["n_items"] - 2)
+    report(f"preprocess{label}_peak_memory", pre["peak_gib"], "GiB", target="< 8")
+    return pre
 
 
 def main() -> None:
@@ -215,47 +289,37 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=None,
                         help="keep the Parquet file and caches here (default: a temp dir)")
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON lines here")
-    parser.add_argument("--stage", choices=["preprocess"], help=argparse.SUPPRESS)
-    parser.add_argument("--parquet", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--preprocess-only", action="store_true",
+                        help="measure only preprocessing (Parquet and JD text), not training")
+    parser.add_argument("--stage", choices=["preprocess", "train-run"], help=argparse.SUPPRESS)
+    parser.add_argument("--input", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--kind", choices=["parquet", "jd"], help=argparse.SUPPRESS)
+    parser.add_argument("--overrides", type=json.loads, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.stage == "preprocess":
-        return preprocess(args.parquet, args.workdir)
+        return preprocess(args.input, args.kind, args.workdir)
+    if args.stage == "train-run":
+        return train_run(args.overrides)
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="microrec-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    from microrec.synthetic import SyntheticSource
-
-    params = source_params(args)
-    parquet = workdir / f"events-{SyntheticSource(**params).fingerprint()}.parquet"
-    if not parquet.exists():
-        started = time.perf_counter()
-        SyntheticSource(**params).load().write_parquet(parquet)
-        report("generate_and_write_parquet_s", time.perf_counter() - started, "s")
-
+    parquet, jd = write_inputs(args, workdir)
     cache_dir = workdir / "cache-preprocess"
-    for stale in cache_dir.glob("*.pt"):
-        stale.unlink()  # always measure a cold preprocessing
-    child = subprocess.run([sys.executable, __file__, "--stage", "preprocess", "--parquet",
-                            str(parquet), "--workdir", str(cache_dir)],
-                           capture_output=True, text=True, cwd=ROOT)
-    if child.returncode:
-        sys.exit(f"error: preprocessing failed: {child.stderr.strip().splitlines()[-1]}")
-    pre = json.loads(child.stdout.strip().splitlines()[-1])
-    report("preprocess_wall_s", pre["wall_s"], "s", target="< 90", events=pre["events"],
-           train_examples=pre["train_examples"], products=pre["n_items"] - 2)
-    report("preprocess_peak_memory", pre["peak_gib"], "GiB", target="< 8")
+    pre = measure_preprocessing("parquet", parquet, cache_dir)
+    measure_preprocessing("jd", jd, workdir / "cache-preprocess-jd")
 
-    import polars as pl
+    if not args.preprocess_only:
+        import polars as pl
 
-    from microrec.data import MicroDataModule
-    from microrec.sources import FrameSource
+        from microrec.data import MicroDataModule
+        from microrec.sources import FrameSource
 
-    dm = MicroDataModule(FrameSource(pl.read_parquet(parquet), "paper"),
-                         cache_dir=str(cache_dir))
-    dm.setup()
-    training(dm, args)
-    evaluation(dm, args)
-    training_run_memory(args, workdir / "cache-run")
+        dm = MicroDataModule(FrameSource(pl.read_parquet(parquet), "paper"),
+                             cache_dir=str(cache_dir))
+        dm.setup()
+        training(dm, args)
+        evaluation(dm, args)
+        training_run_memory(args, workdir / "cache-run")
 
     if args.out:
         args.out.write_text("".join(json.dumps(r) + "\n" for r in FIGURES))

@@ -1,5 +1,6 @@
 """Real-data loaders on hand-written files: exact canonical tables, and every bad input."""
 
+import gzip
 import shutil
 
 import hydra
@@ -8,9 +9,11 @@ import pytest
 from conftest import ROOT, SHARED_DATA, compose_cfg
 from polars.testing import assert_frame_equal
 
+from microrec import loaders
 from microrec import schema as S
 from microrec.errors import ConfigError, DataError
-from microrec.loaders import EventLog, JDSessions, item_ids
+from microrec.loaders import EventLog, JDSessions, item_ids, write_jd_sessions
+from microrec.synthetic import SyntheticSource
 
 T0 = 1_577_836_800  # 2020-01-01 00:00:00 UTC
 
@@ -274,3 +277,142 @@ def test_shipped_real_data_loads_with_the_documented_counts(tmp_path, monkeypatc
         assert table[S.DWELL].null_count() == 0 and table[S.TS].null_count() == table.height
     else:
         assert table[S.TS].null_count() == 0 and table[S.DWELL].null_count() == table.height
+
+
+# -- JD files read in blocks, and written back -----------------------------------------------
+def python_jd_table(path):
+    """An independent reading of a JD file with plain Python, for comparison."""
+    rows = []
+    for number, line in enumerate(path.read_text().split("\n"), start=1):
+        for pos, token in enumerate(line.split()):
+            sku, code, category, _, dwell = token.split("+")
+            rows.append((number, pos, int(sku), S.ACTIVITIES[int(code) - 1], float(dwell),
+                         category))
+    columns = [S.SESSION, S.POS, S.ITEM, S.ACTIVITY, S.DWELL, S.CATEGORY]
+    return canonical(**{c: [r[i] for r in rows] for i, c in enumerate(columns)})
+
+
+@pytest.mark.parametrize("block_bytes", [1, 7, 40, 1 << 20])
+def test_jd_blocks_keep_lines_whole_and_numbered(tmp_path, monkeypatch, block_bytes):
+    monkeypatch.setattr(loaders, "BLOCK_BYTES", block_bytes)
+    path = write(tmp_path / "jd", "11+5+c1+3+20 11+7+c1+4+20 22+9+c2+0+7.5\n"
+                                  "\n"
+                                  "  33+1+c1+2+0   11+10+c1+1+15\r\n"
+                                  "44+2+c3+1+5")  # no newline at the end
+    assert_frame_equal(JDSessions(str(path)).load(), python_jd_table(path))
+    write(path, "1+5+c+3+20\n" * 9 + "1+5+c+3+20 1+55+c+3+20\n")
+    with pytest.raises(DataError, match=r"jd, line 10: unknown behavior type '55'"):
+        JDSessions(str(path)).load()
+    write(path, b"1+5+c+3+20 1+5+c+3+20\n" * 4 + "1+5+c+3+20 1+5+\xe9+3+20\n".encode("latin-1"))
+    with pytest.raises(DataError, match=r"jd, line 5: not UTF-8 text\.$"):
+        JDSessions(str(path)).load()
+
+
+@pytest.mark.parametrize("rel", ["jd-micro-behaviors/JD_Applicances_sample",
+                                 "jd-micro-behaviors/JD_Computers_sample"])
+def test_shipped_jd_samples_match_a_plain_python_reading(monkeypatch, rel):
+    if not (SHARED_DATA / rel).exists():
+        pytest.skip(f"{SHARED_DATA / rel} is not here")
+    expected = python_jd_table(SHARED_DATA / rel)
+    assert_frame_equal(JDSessions(str(SHARED_DATA / rel)).load(), expected)
+    monkeypatch.setattr(loaders, "BLOCK_BYTES", 1 << 14)  # about 70 blocks
+    assert_frame_equal(JDSessions(str(SHARED_DATA / rel)).load(), expected)
+
+
+def test_written_jd_files_read_back_as_the_same_table(tmp_path, monkeypatch):
+    events = SyntheticSource(n_sessions=300, n_items=40, n_categories=4).load()
+    path = tmp_path / "synthetic.jd"
+    write_jd_sessions(events, path, sessions_per_write=70)
+    monkeypatch.setattr(loaders, "BLOCK_BYTES", 1000)
+    # sessions become line numbers, and JD lines carry no absolute time
+    expected = events.with_columns(pl.col(S.SESSION) + 1, pl.lit(None, dtype=pl.Int64).alias(S.TS))
+    assert_frame_equal(JDSessions(str(path)).load(), expected)
+    first = path.read_text().split("\n")[0].split(" ")
+    session = events.filter(pl.col(S.SESSION) == 0)
+    row = session.row(0, named=True)
+    gap = session[S.TS][1] - session[S.TS][0]
+    assert first[0] == f"{row[S.ITEM]}+{S.ACTIVITIES.index(row[S.ACTIVITY]) + 1}+" \
+                       f"{row[S.CATEGORY]}+{gap}+{int(row[S.DWELL])}"
+    assert first[-1].split("+")[3] == "0"  # a session's last event has no next one
+
+
+# -- file formats by content ---------------------------------------------------------------
+CSV_LOG = "session,item,activity,ts\n1,10,v,100\n2,10,v,50\n\n1,11,v,160\n"
+CSV_TABLE = canonical(session=[0, 0, 1], pos=[0, 1, 0], item=[10, 11, 10],
+                      activity=["v", "v", "v"], ts=[100, 160, 50])
+JSONL_LOG = ('\n  \n{"session": 1, "item": 10, "activity": "v", "ts": 100}\n'
+             '{"session": 2, "item": 10, "activity": "v", "ts": 50}\n'
+             '{"session": 1, "item": 11, "activity": "v", "ts": 160}\n')
+
+
+@pytest.mark.parametrize("name, content", [
+    ("part-0.parquet.snappy", "parquet"),  # Parquet by its magic bytes, whatever the name
+    ("events.csv", "parquet"),              # content before extension
+    ("events.csv.gz", CSV_LOG),             # gzip, format from the inner extension
+    ("events.gz", CSV_LOG),                 # gzip, sniffed: not '{' -> CSV
+    ("events.gz", JSONL_LOG),               # gzip, sniffed past blank lines: '{' -> JSON lines
+    ("events.jsonl.gz", JSONL_LOG),
+    ("dump.bin", CSV_LOG),                  # plain text with an unknown name: file_format
+])
+def test_files_are_recognised_by_content_before_name(tmp_path, name, content):
+    path = tmp_path / name
+    if content == "parquet":
+        pl.read_csv(CSV_LOG.encode()).write_parquet(path, compression="snappy")
+    else:
+        path.write_bytes(gzip.compress(content.encode()) if ".gz" in name
+                         else content.encode())
+    settings = {"file_format": "csv"} if name == "dump.bin" else {}
+    assert_frame_equal(EventLog(str(path), columns=COLUMNS, **settings).load(), CSV_TABLE)
+
+
+def test_a_folder_reads_files_recognised_by_content(tmp_path):
+    pl.DataFrame({"session": [1], "item": [10], "activity": ["v"], "ts": [100]}) \
+        .write_parquet(tmp_path / "a.parquet.snappy")
+    write(tmp_path / "b.gz", gzip.compress(b'{"session": 2, "item": 10, "activity": "v", '
+                                           b'"ts": 50}\n'))
+    write(tmp_path / "c.csv.gz", gzip.compress(b"session,item,activity,ts\n1,11,v,160\n"))
+    write(tmp_path / "notes.txt", "not read")
+    write(tmp_path / "_SUCCESS", "")
+    assert_frame_equal(EventLog(str(tmp_path), columns=COLUMNS).load(), CSV_TABLE)
+    with pytest.raises(DataError, match=r"a.parquet.snappy: no column\(s\) sku"):
+        EventLog(str(tmp_path), columns={**COLUMNS, "item": "sku"}).load()
+    only_csv = EventLog(str(tmp_path), columns=COLUMNS, file_format="csv")
+    assert [p.name for p in only_csv.files()] == ["c.csv.gz"]
+
+
+def test_the_file_format_setting_overrides_content_and_name(tmp_path):
+    path = write(tmp_path / "events.jsonl.gz", gzip.compress(CSV_LOG.encode()))
+    assert_frame_equal(EventLog(str(path), columns=COLUMNS, file_format="csv").load(),
+                       CSV_TABLE)
+    with pytest.raises(DataError, match=r"events.jsonl.gz, line 1: not a JSON object"):
+        EventLog(str(path), columns=COLUMNS).load()
+
+
+@pytest.mark.parametrize("name, data, message", [
+    ("a.csv.gz", gzip.compress((CSV_LOG + "1,12,v\n").encode()),
+     r"a.csv.gz, line 6: 3 fields where the header has 4\.$"),
+    ("a.csv.gz", gzip.compress((CSV_LOG + "1,12,v,soon\n").encode()),
+     r"a.csv.gz, line 6: timestamp 'soon' is not a number"),
+    ("a.gz", gzip.compress((JSONL_LOG + '{"session": 3, "it\n').encode()),
+     r"a.gz, line 6: not a JSON object \(truncated or malformed\)\.$"),
+    ("a.csv.gz", gzip.compress(CSV_LOG.encode() + b"1,\xff,v,1\n"),
+     r"a.csv.gz, line 6: not UTF-8 text\.$"),
+    ("a.csv.gz", gzip.compress(CSV_LOG.encode() * 50)[:-20],
+     r"a.csv.gz: not a readable gzip file \("),
+    ("a.gz", gzip.compress(CSV_LOG.encode())[:30], r"a.gz: not a readable gzip file \("),
+    ("a.parquet.gz", gzip.compress(CSV_LOG.encode()), r"a.parquet.gz: cannot be read as"),
+    ("blob.dat", bytes(range(256)), r"blob.dat: unknown file type '.dat'; set data.source"),
+])
+def test_bad_content_is_one_sentence_with_right_line_numbers(tmp_path, name, data, message):
+    with pytest.raises(DataError, match=message):
+        EventLog(str(write(tmp_path / name, data)), columns=COLUMNS).load()
+
+
+def test_gzip_jd_files_read_like_plain_ones(tmp_path):
+    text = "11+5+c1+3+20 11+7+c1+4+20\n\n22+9+c2+0+7.5\n"
+    plain = JDSessions(str(write(tmp_path / "jd", text))).load()
+    assert_frame_equal(JDSessions(str(write(tmp_path / "jd.gz", gzip.compress(text.encode())))
+                                  ).load(), plain)
+    write(tmp_path / "bad.gz", gzip.compress((text + "1+5+c+3+-1\n").encode()))
+    with pytest.raises(DataError, match=r"bad.gz, line 4: negative dwell time -1\.$"):
+        JDSessions(str(tmp_path / "bad.gz")).load()

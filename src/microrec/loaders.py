@@ -3,21 +3,28 @@
 `JDSessions` reads the JD micro-behavior session files; `EventLog` reads CSV, Parquet or
 JSON-lines event logs through a column mapping. Both validate on read: a bad file stops the
 run with one sentence naming the file and, where the format has lines, the line. Parsing is
-whole-file Polars; every row keeps the file and line it came from until validation is done.
+Polars over whole files (JD files: over blocks of lines, so that a paper-size file fits in
+memory); every row keeps the file and line it came from until validation is done. Files are
+recognised by content before name: Parquet and gzip by their first bytes.
 """
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Mapping
+import zlib
+from collections.abc import Callable, Iterator, Mapping
+from itertools import pairwise
 from pathlib import Path
+from typing import BinaryIO
 
 import polars as pl
 
 from microrec import schema as S
 from microrec.errors import ConfigError, DataError
+from microrec.files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +38,9 @@ TIME_UNITS = {"s": 1.0, "ms": 1e3, "us": 1e6, "ns": 1e9}
 JD_BEHAVIORS = {str(code): name for code, name in enumerate(S.ACTIVITIES, start=1)}
 JD_FIELDS = ("sku", "behavior_type", "category", "time_interval", "dwell_time")
 _INTEGER_ID = r"^(0|[1-9][0-9]{0,17})$"  # ids that survive a round trip through int64
+PARQUET_MAGIC, GZIP_MAGIC = b"PAR1", b"\x1f\x8b"
+GZIP_ERRORS = (OSError, EOFError, zlib.error)  # a damaged or truncated gzip stream
+BLOCK_BYTES = 1 << 25  # text per parsed block of a JD file: bounds the parser's extra memory
 
 
 # -- shared helpers ------------------------------------------------------------------------
@@ -45,20 +55,82 @@ def content_hash(files: list[Path], settings: dict) -> str:
     return h.hexdigest()[:16]
 
 
+def is_gzip(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(2) == GZIP_MAGIC
+
+
+def detect_format(path: Path) -> str | None:
+    """csv | parquet | jsonl as the file's content says, else as its name says, else None.
+
+    Parquet starts with b"PAR1" whatever its name (`part-0.parquet.snappy`). A gzip file
+    holds the format its inner name gives (`events.csv.gz`), else JSON lines where its first
+    non-blank byte is '{' and CSV otherwise.
+    """
+    with open(path, "rb") as f:
+        head = f.read(len(PARQUET_MAGIC))
+    if head == PARQUET_MAGIC:
+        return "parquet"
+    if head.startswith(GZIP_MAGIC):
+        inner = FORMATS.get(Path(path.stem).suffix.lower())
+        if inner:
+            return inner
+        try:
+            with gzip.open(path, "rb") as f:
+                start = f.read(1 << 16).lstrip()
+        except GZIP_ERRORS as e:
+            raise DataError(f"{path}: not a readable gzip file ({e}).") from None
+        return "jsonl" if start.startswith(b"{") else "csv"
+    return FORMATS.get(path.suffix.lower())
+
+
+def open_bytes(path: Path) -> BinaryIO:
+    """The file for reading, decompressed where its content is gzip (whatever its name)."""
+    return gzip.open(path, "rb") if is_gzip(path) else open(path, "rb")
+
+
+def line_blocks(path: Path, block_bytes: int) -> Iterator[pl.DataFrame]:
+    """The file's lines as (_line, text) frames of about `block_bytes` each.
+
+    Lines are numbered from 1 over the whole (decompressed) file and lose their line ends;
+    a block always ends at a line end, so no line or character is cut in two.
+    """
+    first, rest = 1, b""
+    with open_bytes(path) as f:
+        while True:
+            try:
+                chunk = f.read(block_bytes)
+            except GZIP_ERRORS as e:  # plain files do not fail here once open
+                raise DataError(f"{path}: not a readable gzip file ({e}).") from None
+            data = rest + chunk
+            if chunk:
+                cut = data.rfind(b"\n") + 1
+                data, rest = data[:cut], data[cut:]
+                if not data:
+                    continue  # a line longer than the block: read on
+            if not data:
+                return
+            try:
+                text = data.decode("utf-8")
+            except UnicodeDecodeError as e:
+                line = first + data.count(b"\n", 0, e.start)
+                raise DataError(f"{path}, line {line}: not UTF-8 text.") from None
+            # the newline that ends the block's last line opens no new one
+            lines = (pl.Series("text", [text.removesuffix("\n")]).str.split("\n").explode()
+                     .str.strip_suffix("\r").to_frame()
+                     .with_row_index(LINE, offset=first))
+            first += lines.height
+            yield lines
+            if not chunk:
+                return
+
+
 def read_lines(path: Path) -> pl.DataFrame:
-    """The file's lines as (_line, text), numbered from 1, without line-end characters."""
-    data = path.read_bytes()
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = data.count(b"\n", 0, e.start) + 1
-        raise DataError(f"{path}, line {line}: not UTF-8 text.") from None
-    lines = text.split("\n")
-    if lines[-1] == "":
-        lines.pop()  # the newline that ends the last line opens no new one
-    return (pl.DataFrame({"text": lines}, schema={"text": pl.String})
-            .with_row_index(LINE, offset=1)
-            .with_columns(pl.col("text").str.strip_suffix("\r")))
+    """The whole file's lines as (_line, text), numbered from 1, without line-end characters."""
+    blocks = list(line_blocks(path, BLOCK_BYTES))
+    if not blocks:
+        return pl.DataFrame(schema={LINE: pl.UInt32, "text": pl.String})
+    return pl.concat(blocks)
 
 
 def raise_first(frame: pl.DataFrame, bad: pl.Expr, message: Callable[[dict], str]) -> None:
@@ -123,19 +195,35 @@ class JDSessions:
         return self._fingerprint
 
     def load(self) -> pl.DataFrame:
-        lines = read_lines(self._file())
-        blank = pl.col("text").str.strip_chars() == ""
-        n_blank = lines.select(blank.sum()).item()
+        blocks, n_blank = [], 0
+        for lines in line_blocks(self._file(), BLOCK_BYTES):
+            blank = pl.col("text").str.strip_chars() == ""
+            n_blank += lines.select(blank.sum()).item()
+            blocks.append(self._parse(lines.filter(~blank)))
         if n_blank:
             log.info("%s: skipped %d blank line(s) of %s", self.name, n_blank, self.path)
+        tokens = pl.concat(blocks, rechunk=False) if blocks else pl.DataFrame()
+        if tokens.height == 0:
+            raise DataError(f"{self.path}: the file holds no sessions.")
+        log.info("%s: %d sessions, %d micro-behaviors from %s", self.name,
+                 tokens[S.SESSION].n_unique(), tokens.height, self.path)
+        return tokens.select(
+            S.SESSION,
+            S.POS,
+            item_ids(tokens["sku"]).alias(S.ITEM),
+            S.ACTIVITY,
+            S.DWELL,
+            pl.lit(None, dtype=pl.Int64).alias(S.TS),
+            S.CATEGORY,
+        )
+
+    def _parse(self, lines: pl.DataFrame) -> pl.DataFrame:
+        """Non-blank (_line, text) lines -> one row per token, validated; sku still a string."""
         tokens = (
-            lines.filter(~blank)
-            .select(LINE, pl.col("text").str.extract_all(r"\S+").alias("token"))
+            lines.select(LINE, pl.col("text").str.extract_all(r"\S+").alias("token"))
             .explode("token")
             .with_columns(pl.int_range(pl.len()).over(LINE).alias(S.POS))
         )
-        if tokens.height == 0:
-            raise DataError(f"{self.path}: the file holds no sessions.")
 
         def where(row: dict) -> str:
             return f"{self.path}, line {row[LINE]}"
@@ -155,17 +243,53 @@ class JDSessions:
                     lambda r: f"{where(r)}: unknown behavior type '{r['behavior_type']}' "
                               "(expected 1 to 10).")
         tokens = parse_dwell(tokens, "dwell_time", where)
-        log.info("%s: %d sessions, %d micro-behaviors from %s", self.name,
-                 tokens[LINE].n_unique(), tokens.height, self.path)
         return tokens.select(
             pl.col(LINE).cast(pl.Int64).alias(S.SESSION),
             pl.col(S.POS).cast(pl.Int32),
-            item_ids(tokens["sku"]).alias(S.ITEM),
+            "sku",
             S.ACTIVITY,
             S.DWELL,
-            pl.lit(None, dtype=pl.Int64).alias(S.TS),
             pl.col("category").alias(S.CATEGORY),
         )
+
+
+def write_jd_sessions(events: pl.DataFrame, path: Path,
+                      sessions_per_write: int = 100_000) -> None:
+    """Write a canonical table in the JD session format, one line per session in session order.
+
+    The inverse of `JDSessions` for tables with the paper's activities, dwell and category
+    (the benchmark writes paper-size files with it). `time_interval` is the gap to the
+    session's next event in whole seconds, 0 for the last event or where `ts` is null.
+
+    Args:
+        sessions_per_write: sessions formatted at a time (bounds the memory used).
+    """
+    codes = {name: code for code, name in JD_BEHAVIORS.items()}
+    dwell = pl.col(S.DWELL)
+    gap = (pl.col(S.TS).shift(-1) - pl.col(S.TS)).fill_null(0)  # inside one session's group
+    token = pl.concat_str(
+        pl.col(S.ITEM).cast(pl.String),
+        pl.col(S.ACTIVITY).replace_strict(codes),
+        pl.col(S.CATEGORY),
+        gap.cast(pl.String),
+        # whole seconds as JD writes them ("20", not "20.0")
+        pl.when(dwell == dwell.round()).then(dwell.cast(pl.Int64).cast(pl.String))
+        .otherwise(dwell.cast(pl.String)),
+        separator="+",
+    )
+    events = events.sort(S.SESSION, S.POS)
+    first = (pl.col(S.SESSION) != pl.col(S.SESSION).shift(1)).fill_null(True)
+    starts = events.select(pl.arg_where(first)).to_series().to_list()
+    cuts = [*starts[::sessions_per_write], events.height]
+
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            for a, b in pairwise(cuts):
+                (events.slice(a, b - a).group_by(S.SESSION, maintain_order=True)
+                 .agg(token.str.join(" ")).drop(S.SESSION)
+                 .write_csv(f, include_header=False, quote_style="never"))
+
+    atomic_write(Path(path), write)
 
 
 # -- generic event logs --------------------------------------------------------------------
@@ -179,13 +303,15 @@ class EventLog:
     derives it from the timestamps (DESIGN.md).
 
     Args:
-        path: a file, or a folder whose files of the format are read as one log, by name.
+        path: a file, or a folder whose files of the format are read as one log, in name
+            order (files that are neither Parquet nor gzip by content count by extension).
         columns: role -> column in the file. Roles: session, user, item, activity, ts,
             dwell_s, category; item and one of session/user are required.
         activities: source code -> activity name; a code not listed stops the run.
             None: the codes are the names.
         activity_groups: group -> activity names (see `schema.PAPER_GROUPS`).
-        file_format: csv | parquet | jsonl; None: from each file's extension.
+        file_format: csv | parquet | jsonl; None: from each file's content where it says
+            (Parquet, gzip-compressed CSV or JSON lines), else from its extension.
         explode: a column holding a list of event records per row (nested JSON such as
             OTTO's `events`); its records become rows and their fields columns.
         ts_format: s | ms | us | ns for numeric timestamps, or a strptime format such as
@@ -251,7 +377,7 @@ class EventLog:
 
     # -- files -----------------------------------------------------------------------------
     def _format(self, path: Path) -> str:
-        fmt = self.file_format or FORMATS.get(path.suffix.lower())
+        fmt = self.file_format or detect_format(path)
         if fmt is None:
             raise DataError(f"{path}: unknown file type '{path.suffix}'; set "
                             "data.source.file_format to csv, parquet or jsonl.")
@@ -265,10 +391,12 @@ class EventLog:
             raise DataError(f"{self.path}: no such file or folder (point data.path at the "
                             "event log).")
         suffixes = [s for s, f in FORMATS.items() if self.file_format in (None, f)]
+        formats = {FORMATS[s] for s in suffixes}
         files = sorted(p for p in self.path.iterdir()
-                       if p.is_file() and p.suffix.lower() in suffixes)
+                       if p.is_file() and detect_format(p) in formats)
         if not files:
-            raise DataError(f"{self.path}: the folder holds no {', '.join(suffixes)} files.")
+            raise DataError(f"{self.path}: the folder holds no {', '.join(suffixes)} files "
+                            "(by name, or Parquet and gzip by content).")
         return files
 
     def fingerprint(self) -> str:
@@ -412,7 +540,8 @@ def _read_csv(path: Path, separator: str) -> pl.DataFrame:
     raise_first(lines.slice(1), plain & (pl.col("n_sep") != n_sep),
                 lambda r: f"{path}, line {r[LINE]}: {r['n_sep'] + 1} fields where the header "
                           f"has {n_sep + 1}.")
-    frame = pl.read_csv(path, separator=separator, infer_schema=False)
+    with open_bytes(path) as f:
+        frame = pl.read_csv(f, separator=separator, infer_schema=False)
     return frame.with_row_index(LINE, offset=2)  # line 1 is the header
 
 
