@@ -19,6 +19,7 @@ from microrec import schema as S
 from microrec.errors import ConfigError
 from microrec.files import atomic_write
 from microrec.protocol import N_BUCKETS, PROTOCOL_VERSION, Prepared, SplitArrays, prepare
+from microrec.resume import ResumableLoader
 
 log = logging.getLogger(__name__)
 
@@ -246,8 +247,9 @@ class MicroDataModule(L.LightningDataModule):
         else:
             batches = EvalBatches(len(data), self.eval_batch_size, rank=rank, world=world)
         pin = bool(trainer) and isinstance(trainer.accelerator, CUDAAccelerator)
-        return DataLoader(data, sampler=batches, batch_size=None, num_workers=self.num_workers,
-                          pin_memory=pin, persistent_workers=self.num_workers > 0)
+        loader = ResumableLoader if shuffle else DataLoader  # training can stop mid-epoch
+        return loader(data, sampler=batches, batch_size=None, num_workers=self.num_workers,
+                      pin_memory=pin, persistent_workers=self.num_workers > 0)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)
