@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -23,6 +24,7 @@ from microrec.config import build, run_or_exit
 from microrec.files import atomic_write
 from microrec.models.base import FitFromData
 from microrec.naming import job_label
+from microrec.resume import LAST, RngStates, check_config, expand_argv, wandb_identity
 
 log = logging.getLogger("microrec.train")
 # Batches are built by vectorised indexing in the main process: loader workers would not help.
@@ -56,6 +58,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     """
     started = time.time()
     run_dir = Path(cfg.run_dir)
+    resume_from = None
+    if cfg.resume:  # src/microrec/resume.py: the folder, its overrides and checkpoint
+        check_config(cfg, Path(cfg.resume))
+        resume_from = Path(cfg.resume) / LAST
     L.seed_everything(cfg.seed, workers=True)
 
     dm = build(cfg.data)
@@ -66,9 +72,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
     logger = None
     if cfg.get("logger"):
         is_wandb = cfg.logger._target_.endswith("WandbLogger")
-        logger = build(cfg.logger, **(run_identity() if is_wandb else {}))
+        identity = wandb_identity(run_dir, run_identity(), bool(cfg.resume)) if is_wandb else {}
+        logger = build(cfg.logger, **identity)
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     callbacks = [build(c) for c in cfg.callbacks.values() if c is not None]
+    callbacks.append(RngStates())  # dropout continues exactly after a resume
     trainer = build(cfg.trainer, logger=logger or False, callbacks=callbacks)
 
     fitted = isinstance(model, FitFromData)
@@ -76,7 +84,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         model.fit(dm)  # no training epochs: the weights are final now
         best = None  # evaluate the weights in memory
     else:
-        trainer.fit(model, datamodule=dm)
+        trainer.fit(model, datamodule=dm, ckpt_path=resume_from, weights_only=True)
         best = trainer.checkpoint_callback.best_model_path
         log.info("best checkpoint: %s", best)
     metrics = {}
@@ -107,4 +115,5 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
+    sys.argv = run_or_exit(expand_argv, sys.argv)  # resume=<folder>: that run's own overrides
     main()
