@@ -171,8 +171,9 @@ def test_run_killed_mid_epoch_resumes_to_the_same_metrics_and_wandb_run(tmp_path
     env = child_env(tmp_path)
     # a checkpoint every 3 of the 37 steps per epoch: wherever the kill lands, the last one
     # is most likely mid-epoch (checked below)
-    config = [*TINY, "trainer.max_epochs=2", "logger=wandb",
-              "callbacks.step_checkpoint.every_n_train_steps=3", f"cache_dir={tmp_path / 'cache'}"]
+    config = [*TINY, "trainer.max_epochs=2", "logger=wandb", f"cache_dir={tmp_path / 'cache'}",
+              "callbacks.mid_epoch_checkpoint.train_time_interval=null",
+              "callbacks.mid_epoch_checkpoint.every_n_train_steps=3"]
     whole, cut = tmp_path / "whole", tmp_path / "0_features=full"
     log = (tmp_path / "reference.log").open("w")
     reference = subprocess.Popen(train_cmd(*config, f"hydra.run.dir={whole}"), cwd=ROOT,
