@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
@@ -10,9 +9,6 @@ from hydra import compose, initialize_config_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
-# Only for src/train.py's train() and run_identity(), which still live in the script; every
-# other test imports the package.
-sys.path.insert(0, str(ROOT / "src"))
 
 TINY = [
     "data.source.n_sessions=600",

@@ -25,7 +25,7 @@ from microrec.models.word2vec import Word2Vec
 from microrec.schema import NUM_SPECIAL, PAD, UNK
 from microrec.sources import FrameSource
 from microrec.synthetic import SyntheticSource
-from train import train
+from microrec.training import train
 
 NEG = float("-inf")
 

@@ -17,7 +17,7 @@ from microrec.errors import ConfigError
 from microrec.explain import READABLE, explain, load_runs, pick_example
 from microrec.runs import find_checkpoints
 from microrec.schema import NUM_SPECIAL, PAD
-from train import train
+from microrec.training import train
 
 PNG = b"\x89PNG\r\n\x1a\n"
 JOBS = ("features=sku", "features=full", "attention=off")

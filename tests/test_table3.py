@@ -20,7 +20,7 @@ from microrec.naming import job_label
 from microrec.runs import latest_multirun
 from microrec.schema import FEATURES
 from microrec.table import table3
-from train import run_identity
+from microrec.training import run_identity
 
 BASELINES = ("pop", "bpr_mf", "item_knn", "word2vec", "word2vec_avg")
 

@@ -13,7 +13,7 @@ from microrec.errors import ConfigError
 from microrec.metrics import target_rank
 from microrec.models.rib import RIB
 from microrec.sources import FrameSource
-from train import train
+from microrec.training import train
 
 
 def test_a_run_leaves_metrics_and_checkpoint(cfg_factory, tmp_path):

@@ -17,6 +17,10 @@ os.environ.setdefault("WANDB_MODE", "offline")  # no account or network needed; 
 # Lightning's developers that no setting of ours can change.
 warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
                         category=FutureWarning)
+# Batches are built by vectorised indexing in the main process: loader workers would not help.
+warnings.filterwarnings("ignore", ".*does not have many workers.*")
 # Lightning advertises its own cloud logger whenever a run uses another one (or none).
 logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(
     lambda record: not str(record.msg).startswith("💡 Tip:"))
+# errors raised before logging is set up (e.g. by resume=) print once, as `error: ...`
+logging.getLogger(__name__).addHandler(logging.NullHandler())

@@ -29,6 +29,7 @@ from microrec.protocol import (
     SplitArrays,
     prepare,
 )
+from microrec.resume import ResumableLoader
 
 try:
     import fcntl
@@ -323,8 +324,9 @@ class MicroDataModule(L.LightningDataModule):
                 f"(now {self.batch_size}) or fewer devices."
             )
         pin = bool(trainer) and isinstance(trainer.accelerator, CUDAAccelerator)
-        return DataLoader(data, sampler=batches, batch_size=None, num_workers=self.num_workers,
-                          pin_memory=pin, persistent_workers=self.num_workers > 0)
+        loader = ResumableLoader if shuffle else DataLoader  # training can stop mid-epoch
+        return loader(data, sampler=batches, batch_size=None, num_workers=self.num_workers,
+                      pin_memory=pin, persistent_workers=self.num_workers > 0)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

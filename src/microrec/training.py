@@ -1,0 +1,103 @@
+"""Training and testing one configuration: what `src/train.py` runs for each job."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import hydra
+import pytorch_lightning as L
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from microrec.config import build
+from microrec.files import atomic_write
+from microrec.models.base import FitFromData
+from microrec.naming import job_label
+from microrec.resume import LAST, RngStates, check_config, wandb_identity
+from microrec.runs import wandb_group
+from microrec.tracking import uses_wandb
+
+log = logging.getLogger("microrec.train")
+TAGGED_GROUPS = ("data", "model", "features", "encoder", "attention")
+OmegaConf.register_new_resolver("job_label", job_label, replace=True)
+
+
+def run_identity() -> dict:
+    """W&B group, run name and tags of the current Hydra job (empty outside Hydra)."""
+    if not HydraConfig.initialized():
+        return {}
+    hc = HydraConfig.get()
+    choices = hc.runtime.choices
+    identity = {
+        "name": job_label(list(hc.overrides.task), hc.sweeper.get("params")),
+        # a baseline drops the groups it does not use (encoder, attention): no tag for those
+        "tags": [f"{g}={choices[g]}" for g in TAGGED_GROUPS if choices.get(g)],
+    }
+    if hc.mode == hydra.types.RunMode.MULTIRUN:
+        identity["group"] = wandb_group(Path(hc.sweep.dir))
+    return identity
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Seed, build data and model, fit, test the chosen weights once, write metrics.json.
+
+    A gradient-trained model (RIB) runs Lightning's training loop and is evaluated on its
+    best checkpoint; a model fitted from data (the baselines) is fitted from the training
+    split in one call, evaluated, then saved to the same checkpoint path.
+    """
+    started = time.time()
+    run_dir = Path(cfg.run_dir)
+    resume_from = None
+    if cfg.resume:  # src/microrec/resume.py: the folder, its overrides and checkpoint
+        check_config(cfg, Path(cfg.resume))
+        resume_from = Path(cfg.resume) / LAST
+    L.seed_everything(cfg.seed, workers=True)
+
+    dm = build(cfg.data)
+    dm.setup()
+    model = build(cfg.model, n_items=dm.n_items, n_activities=dm.n_activities,
+                  n_dwell=dm.n_dwell)
+
+    logger = None
+    if cfg.get("logger"):
+        identity = (wandb_identity(run_dir, run_identity(), bool(cfg.resume))
+                    if uses_wandb(cfg.logger) else {})
+        logger = build(cfg.logger, **identity)
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    callbacks = [build(c) for c in cfg.callbacks.values() if c is not None]
+    callbacks.append(RngStates())  # dropout continues exactly after a resume
+    trainer = build(cfg.trainer, logger=logger or False, callbacks=callbacks)
+
+    fitted = isinstance(model, FitFromData)
+    if fitted:
+        model.fit(dm)  # no training epochs: the weights are final now
+        best = None  # evaluate the weights in memory
+    else:
+        trainer.fit(model, datamodule=dm, ckpt_path=resume_from, weights_only=True)
+        best = trainer.checkpoint_callback.best_model_path
+        log.info("best checkpoint: %s", best)
+    metrics = {}
+    for results in (trainer.validate(model, datamodule=dm, ckpt_path=best, verbose=False,
+                                     weights_only=True),  # a checkpoint never runs code
+                    trainer.test(model, datamodule=dm, ckpt_path=best, verbose=False,
+                                 weights_only=True)):
+        metrics.update({k: float(v) for k, v in results[0].items()})
+    if fitted:
+        trainer.save_checkpoint(trainer.checkpoint_callback.format_checkpoint_name({}))
+    metrics["epochs"] = trainer.current_epoch  # Lightning epochs: 0 for a fitted model
+    metrics["time/total_s"] = round(time.time() - started, 2)
+
+    if trainer.is_global_zero:  # under DDP every rank runs this script; one writes
+        text = json.dumps(metrics, indent=2, sort_keys=True)
+        atomic_write(run_dir / "metrics.json", lambda tmp: Path(tmp).write_text(text + "\n"))
+        log.info("test/recall@20 %.4f  test/mrr@20 %.4f  -> %s", metrics["test/recall@20"],
+                 metrics["test/mrr@20"], run_dir / "metrics.json")
+
+    if uses_wandb(cfg.get("logger")):
+        import wandb
+
+        wandb.finish()  # each multirun job must be its own W&B run
+    return metrics
