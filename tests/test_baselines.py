@@ -68,7 +68,7 @@ def test_pop_ranks_by_training_visits(tmp_path):
     dm, ids = training_data(["aaaab", "bcb", "ca", "db"], tmp_path)
     model = Pop(dm.n_items)
     model.fit(dm)
-    scores = model(batch([ids["d"]], [ids["b"]]))  # (2, N)
+    scores = model.ranked(batch([ids["d"]], [ids["b"]]))  # (2, N)
     assert scores_by_name(scores[0], ids) == {"a": 2, "b": 4, "c": 2, "d": NEG}
     assert scores_by_name(scores[1], ids) == {"a": 2, "b": NEG, "c": 2, "d": 1}
     assert torch.all(scores[:, :NUM_SPECIAL] == NEG)
@@ -84,10 +84,10 @@ def test_item_knn_follows_the_papers_formula(tmp_path):
     model.fit(dm)
     expected = {"a": NEG, "b": 2 / (4 * 3), "c": 2 / (4 * 2), "d": 1 / (4 * 2), "e": 1 / (4 * 1)}
     for inputs in ([ids["a"]], [ids["d"], ids["b"], ids["a"]]):  # only the last product counts
-        got = scores_by_name(model(batch(inputs))[0], ids)
+        got = scores_by_name(model.ranked(batch(inputs))[0], ids)
         assert got == pytest.approx(expected)
     # c and e tie at 0.25: ties count against the target, so either ranks 2nd
-    assert target_rank(model(batch([ids["a"]])), torch.tensor([ids["e"]])).item() == 2
+    assert target_rank(model.ranked(batch([ids["a"]])), torch.tensor([ids["e"]])).item() == 2
     # sim(b, e) = 0: products that never co-occur all score 0
     assert scores_by_name(model(batch([ids["b"]]))[0], ids)["e"] == 0
 
@@ -117,7 +117,7 @@ def test_item_knn_keeps_exact_metrics_at_20_with_21_neighbours(tmp_path):
     reference = torch.from_numpy(dense[last.numpy()]).float()  # (B, N)
     reference[:, :NUM_SPECIAL] = NEG
     reference[torch.arange(len(examples)), last] = NEG
-    ours = model(b)
+    ours = model.ranked(b)
     assert torch.allclose(ours[ours > 0], reference[ours > 0])
     top = lambda r: torch.where(r <= 20, r, 0)  # noqa: E731
     assert torch.equal(top(target_rank(ours, b["target"])), top(target_rank(reference,
@@ -150,11 +150,11 @@ def test_word2vec_last_and_mean_queries():
 
     cos_s = lambda x, y: (-x + 0.2 * y) / (np.hypot(x, y) * np.hypot(1, 0.2))  # noqa: E731
     # last = q: cosine to (0, 1)
-    got = last(batch([p, q]))[0]
+    got = last.ranked(batch([p, q]))[0]
     assert got[[p, q, r, s]].tolist() == pytest.approx([0, NEG, 2 ** -0.5, cos_s(0, 1)])
     # mean of the unit vectors of p and q, one per visit: the direction (1, 1)
     for inputs in ([p, q], [p, p, p, q], [p, UNK, q]):
-        got = mean(batch(inputs))[0]
+        got = mean.ranked(batch(inputs))[0]
         assert got[[p, q, r, s]].tolist() == pytest.approx([2 ** -0.5, NEG, 1, cos_s(1, 1)])
     # an input of unknown products has no query: every product ties
     assert torch.all(last(batch([UNK]))[0, NUM_SPECIAL:] == 0)
@@ -167,7 +167,7 @@ def test_bpr_mf_scores_a_session_by_the_mean_of_its_products_factors():
         model.item_factors.weight.copy_(torch.tensor(
             [[9, 9], [9, 9], [1, 0], [0, 2], [3, -1]], dtype=torch.float))
     for inputs in ([p, q], [p, p, p, q], [UNK, p, q]):  # one per visit, unknown left out
-        got = model(batch(inputs))[0]
+        got = model.ranked(batch(inputs))[0]
         # mean = (0.5, 1): p 0.5, q excluded as the last product, r 1.5 - 1
         assert got.tolist() == pytest.approx([NEG, NEG, 0.5, NEG, 0.5])
 
@@ -217,7 +217,7 @@ def test_a_fitted_baseline_goes_through_train_and_reloads(name, tmp_path, shared
     test = RankingMetrics()
     with torch.no_grad():
         for b in dm.test_dataloader():
-            test.update(model(b), b["target"])
+            test.update(model.ranked(b), b["target"])
     again = test.compute()
     assert again["recall@20"].item() == pytest.approx(metrics["test/recall@20"])
     assert again["mrr@20"].item() == pytest.approx(metrics["test/mrr@20"])

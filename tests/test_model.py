@@ -147,3 +147,17 @@ def test_sampled_loss_updates_only_the_sampled_rows(dm):
     assert changed.any()
     assert changed.sum() <= 8 + 4  # the batch's targets and the 4 negatives at most
     assert changed[batch["target"]].all()
+
+
+def test_evaluation_ranks_the_inputs_last_product_last_and_nothing_else(dm):
+    """One rule for every model (Recommender.ranked): RIB's scores change only there."""
+    batch = dm.dataset("val")[list(range(32))]
+    model = rib(dm).eval()
+    with torch.no_grad():
+        raw, ranked = model(batch), model.ranked(batch)  # (B, N)
+    rows = torch.arange(32)
+    last = batch["item"][rows, batch["length"] - 1]  # (B,)
+    assert torch.all(ranked[rows, last] == float("-inf"))
+    keep = torch.ones_like(ranked, dtype=torch.bool)
+    keep[rows, last] = False
+    assert torch.equal(ranked[keep], raw[keep])

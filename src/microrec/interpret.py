@@ -70,7 +70,7 @@ def scan(model: RIB, data: Examples, run: str, batch_size: int = 512
                      transient=True):
         batch = data[idx]
         with torch.no_grad():
-            ranks.append(target_rank(model(batch), batch["target"]))  # (B,)
+            ranks.append(target_rank(model.ranked(batch), batch["target"]))  # (B,)
         if model.attention is None:
             continue
         weights = attention(model, batch)  # (B, T)
@@ -111,7 +111,7 @@ def example_table(models: dict[str, RIB], data: Examples, index: int,
     rows = []
     for run, model in models.items():
         with torch.no_grad():
-            rank = int(target_rank(model(batch), batch["target"])[0])
+            rank = int(target_rank(model.ranked(batch), batch["target"])[0])
         rows.append(inputs.with_columns(pl.lit(run).alias(RUN),
                                         pl.Series(WEIGHT, attention(model, batch)[0, :n]),
                                         pl.lit(rank).alias(RANK)))

@@ -49,8 +49,13 @@ def macro_visits(split: SplitArrays) -> tuple[np.ndarray, np.ndarray]:
 
 
 class Recommender(L.LightningModule):
-    """Subclasses implement `forward(batch) -> (B, n_items)` scores over every item id,
-    with padding and unknown masked (`mask_special_`)."""
+    """What every model shares: one ranking rule and one metric for validation and test.
+
+    Subclasses implement `forward(batch) -> (B, n_items)` scores over every item id.
+    Evaluation ranks `ranked(batch)`: those scores with padding and unknown never
+    recommended and the input's last product ranked last (it is never the target,
+    DESIGN.md), the same rule for every model.
+    """
 
     def __init__(self):
         super().__init__()
@@ -63,11 +68,17 @@ class Recommender(L.LightningModule):
         self.log_dict({f"{stage}/{name}": v for name, v in values.items()})
         metrics.reset()
 
+    def ranked(self, batch: dict[str, torch.Tensor],
+               scores: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, n_items) the scores evaluation ranks (`forward`'s unless given), rule applied."""
+        scores = self(batch) if scores is None else scores
+        return exclude_last_(mask_special_(scores), batch)
+
     def validation_step(self, batch, batch_idx):
-        self.val_metrics.update(self(batch), batch["target"])
+        self.val_metrics.update(self.ranked(batch), batch["target"])
 
     def test_step(self, batch, batch_idx):
-        self.test_metrics.update(self(batch), batch["target"])
+        self.test_metrics.update(self.ranked(batch), batch["target"])
 
     def on_validation_epoch_end(self):
         self._log_eval("val")

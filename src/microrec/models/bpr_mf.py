@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from microrec.models.base import FitFromData, exclude_last_, macro_visits, mask_special_, visits
+from microrec.models.base import FitFromData, macro_visits, mask_special_, visits
 from microrec.schema import NUM_SPECIAL
 
 log = logging.getLogger(__name__)
@@ -74,4 +74,4 @@ class BPRMF(FitFromData):
         weight = weight / weight.sum(1, keepdim=True).clamp(min=1)  # mean over visits
         query = torch.einsum("bt,btd->bd", weight, self.item_factors(batch["item"]))  # (B, D)
         scores = query @ self.item_factors.weight.T  # (B, N)
-        return exclude_last_(mask_special_(scores), batch)
+        return mask_special_(scores)

@@ -8,7 +8,7 @@ import torch
 
 from microrec.errors import ConfigError
 from microrec.metrics import KS
-from microrec.models.base import FitFromData, exclude_last_, last_items, macro_visits, mask_special_
+from microrec.models.base import FitFromData, last_items, macro_visits, mask_special_
 from microrec.schema import PAD
 
 
@@ -66,4 +66,4 @@ class ItemKNN(FitFromData):
         last = last_items(batch)  # (B,)
         scores = torch.zeros(last.size(0), self.neighbours.size(0), device=last.device)  # (B, N)
         scores.scatter_(1, self.neighbours[last], self.similarity[last])  # unused slots hit PAD
-        return exclude_last_(mask_special_(scores), batch)
+        return mask_special_(scores)

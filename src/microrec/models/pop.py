@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from microrec.models.base import FitFromData, exclude_last_, macro_visits, mask_special_
+from microrec.models.base import FitFromData, macro_visits, mask_special_
 
 
 class Pop(FitFromData):
@@ -28,4 +28,4 @@ class Pop(FitFromData):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         scores = self.counts.expand(batch["item"].size(0), -1).clone()  # (B, N)
-        return exclude_last_(mask_special_(scores), batch)
+        return mask_special_(scores)

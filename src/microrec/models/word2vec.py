@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from microrec.errors import ConfigError
-from microrec.models.base import FitFromData, exclude_last_, last_items, mask_special_, visits
+from microrec.models.base import FitFromData, last_items, mask_special_, visits
 from microrec.schema import NUM_SPECIAL
 
 QUERIES = ("last", "mean")
@@ -51,4 +51,4 @@ class Word2Vec(FitFromData):
             # the sum of the unit vectors points where their mean does
             query = torch.einsum("bt,btd->bd", weight, self.vectors[batch["item"]])  # (B, D)
         scores = F.normalize(query, dim=1) @ self.vectors.T  # (B, N) cosine similarity
-        return exclude_last_(mask_special_(scores), batch)
+        return mask_special_(scores)
