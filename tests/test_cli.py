@@ -8,6 +8,7 @@ import sys
 import pytest
 from conftest import ROOT, TINY
 
+from microrec import predictions
 from microrec.runs import job_id, job_order
 
 pytestmark = pytest.mark.slow
@@ -85,8 +86,17 @@ def test_ddp_on_two_cpu_processes_evaluates_like_one(tmp_path):
     dm = hydra.utils.instantiate(cfg.data)
     model = RIB.load_from_checkpoint(run / "checkpoints" / "best.ckpt")
     trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False)
+    model.keep_predictions = {"test"}
     single = {**trainer.validate(model, datamodule=dm, verbose=False)[0],
               **trainer.test(model, datamodule=dm, verbose=False)[0]}
     assert dm.dataset("val").target.numel() % 100 != 0  # uneven shards across the 2 ranks
     for name in ("val/recall@20", "val/mrr@20", "test/recall@5", "test/mrr@20"):
         assert abs(ddp[name] - single[name]) < 1e-6, name
+    # rank 0 gathered both ranks' per-example results: every test example once, in order
+    table = predictions.read(run / predictions.PREDICTIONS_FILE)
+    assert dm.dataset("test").target.numel() % 100 != 0
+    assert table["example"].to_list() == list(range(dm.dataset("test").target.numel()))
+    assert table["rank"].fill_null(dm.n_items - 1).to_list() == \
+        model.predictions["test"]["rank"].tolist()
+    for name, value in predictions.metrics(table).items():
+        assert abs(ddp[f"test/{name}"] - value) < 1e-6, name

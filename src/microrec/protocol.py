@@ -38,6 +38,9 @@ class SplitArrays:
     first:  (N,) int64 row of the example's session's first token.
     end:    (N,) int64 row after the example's last input token.
     target: (N,) int64 id of the next product (UNK when not in the training vocabulary).
+    session: (N,) int64 the example's session id as in the source.
+    position: (N,) int64 the target's macro interaction index in its session (from 0), so
+        (session, position) names an example independently of how the data was split.
     session_end: (S,) int64 row after each session's last token (for word2vec corpora).
     """
 
@@ -45,6 +48,8 @@ class SplitArrays:
     first: np.ndarray
     end: np.ndarray
     target: np.ndarray
+    session: np.ndarray
+    position: np.ndarray
     session_end: np.ndarray
 
 
@@ -391,5 +396,7 @@ def _examples(macros: pl.DataFrame, tokens: np.ndarray, train: bool,
         first=examples["first"].to_numpy().astype(np.int64),
         end=examples["end"].to_numpy().astype(np.int64),
         target=examples["target"].to_numpy().astype(np.int64),
+        session=examples[S.SESSION].to_numpy().astype(np.int64),
+        position=examples[S.MACRO].to_numpy().astype(np.int64) + 1,  # the target's macro
         session_end=session_end.astype(np.int64),
     )

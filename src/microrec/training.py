@@ -12,7 +12,9 @@ import pytorch_lightning as L
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from microrec import predictions
 from microrec.config import build
+from microrec.errors import ConfigError
 from microrec.files import atomic_write
 from microrec.models.base import FitFromData
 from microrec.naming import job_label
@@ -41,6 +43,22 @@ def run_identity() -> dict:
     return identity
 
 
+def write_predictions(run_dir: Path, model, dm, stages: list[str]) -> dict[str, float]:
+    """Write the final evaluation's per-example results to predictions.parquet; return (and
+    log) their repeat / new breakdown, e.g. `test/repeat/recall@20`."""
+    prepared = dm.prepared
+    tables = {stage: predictions.frame(stage, model.predictions[stage],
+                                       prepared.splits[stage], prepared.items)
+              for stage in predictions.STAGES if stage in stages}
+    predictions.write(run_dir / predictions.PREDICTIONS_FILE, list(tables.values()))
+    summary = {f"{stage}/{name}": value for stage, table in tables.items()
+               for name, value in predictions.summary(table).items()}
+    log.info("repeat / new targets: %s -> %s",
+             "  ".join(f"{k} {v:.4f}" for k, v in summary.items()),
+             run_dir / predictions.PREDICTIONS_FILE)
+    return summary
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Seed, build data and model, fit, test the chosen weights once, write metrics.json.
 
@@ -50,6 +68,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
     """
     started = time.time()
     run_dir = Path(cfg.run_dir)
+    keep = cfg.get("predictions") or []
+    keep = [keep] if isinstance(keep, str) else list(keep)
+    if any(stage not in predictions.STAGES for stage in keep):
+        raise ConfigError(f"predictions={keep}: name splits among {list(predictions.STAGES)}, "
+                          "e.g. predictions=[val,test], or predictions=[] for none.")
     resume_from = None
     if cfg.resume:  # src/microrec/resume.py: the folder, its overrides and checkpoint
         check_config(cfg, Path(cfg.resume))
@@ -79,6 +102,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         trainer.fit(model, datamodule=dm, ckpt_path=resume_from, weights_only=True)
         best = trainer.checkpoint_callback.best_model_path
         log.info("best checkpoint: %s", best)
+    model.keep_predictions = set(keep)  # the final evaluation only, not every epoch's
     metrics = {}
     for results in (trainer.validate(model, datamodule=dm, ckpt_path=best, verbose=False,
                                      weights_only=True),  # a checkpoint never runs code
@@ -91,6 +115,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     metrics["time/total_s"] = round(time.time() - started, 2)
 
     if trainer.is_global_zero:  # under DDP every rank runs this script; one writes
+        if keep:  # before metrics.json, which marks the run finished
+            summary = write_predictions(run_dir, model, dm, keep)
+            if uses_wandb(cfg.get("logger")):
+                logger.experiment.summary.update(summary)  # beside the run's final metrics
         text = json.dumps(metrics, indent=2, sort_keys=True)
         atomic_write(run_dir / "metrics.json", lambda tmp: Path(tmp).write_text(text + "\n"))
         log.info("test/recall@20 %.4f  test/mrr@20 %.4f  -> %s", metrics["test/recall@20"],

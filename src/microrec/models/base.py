@@ -6,9 +6,11 @@ import numpy as np
 import pytorch_lightning as L
 import torch
 
-from microrec.metrics import RankingMetrics
+from microrec.metrics import RankingMetrics, target_rank
 from microrec.protocol import SplitArrays
 from microrec.schema import NUM_SPECIAL
+
+TOP = 20  # products kept per example in the per-example results (predictions.parquet)
 
 
 def mask_special_(scores: torch.Tensor) -> torch.Tensor:
@@ -26,6 +28,50 @@ def last_items(batch: dict[str, torch.Tensor]) -> torch.Tensor:
 def exclude_last_(scores: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """The input's last product is never its target (DESIGN.md): rank it last (in place)."""
     return scores.scatter_(1, last_items(batch)[:, None], float("-inf"))
+
+
+def top_items(scores: torch.Tensor, k: int = TOP) -> torch.Tensor:
+    """(B, k) the k best-scoring ids of each row, best first; equal scores in id order.
+
+    The tie order is fixed (lowest id first, also at the cut), so the list depends only on
+    the scores, not on how topk breaks ties on a given device or batch.
+    """
+    k = min(k, scores.size(1))
+    kth = scores.topk(k, dim=1).values[:, -1:]  # (B, 1) the k-th best score
+    above = scores > kth  # (B, N)
+    tied = scores == kth  # (B, N)
+    room = k - above.sum(1, keepdim=True)  # (B, 1) places left for the tied ids
+    chosen = above | (tied & (tied.cumsum(1) <= room))  # (B, N), exactly k per row
+    ids = chosen.nonzero()[:, 1].view(-1, k)  # (B, k) in id order
+    order = scores.gather(1, ids).argsort(dim=1, descending=True, stable=True)  # (B, k)
+    return ids.gather(1, order)
+
+
+def example_results(batch: dict[str, torch.Tensor], scores: torch.Tensor) -> dict:
+    """Per-example results of one batch from the scores evaluation ranks, as numpy arrays.
+
+    example: index in the split; rank: `target_rank` (N + 1 for an unknown target); repeat:
+    the (known) target occurs in the model's input; length: input micro-behaviors; top:
+    (B, TOP) best ids (`top_items`).
+    """
+    target = batch["target"]  # (B,)
+    known = target >= NUM_SPECIAL
+    repeat = known & (batch["item"] == target[:, None]).any(1)  # (B,)
+    out = {"example": batch["index"], "rank": target_rank(scores, target), "repeat": repeat,
+           "length": batch["length"], "top": top_items(scores)}
+    return {name: t.cpu().numpy() for name, t in out.items()}
+
+
+def gather_results(parts: list[dict]) -> dict[str, np.ndarray]:
+    """This process's batches of `example_results`, joined with every other DDP process's
+    and put in example order (each example is evaluated by exactly one process)."""
+    local = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        shards = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(shards, local)  # uneven shards: plain objects
+        local = {name: np.concatenate([s[name] for s in shards]) for name in local}
+    order = np.argsort(local["example"], kind="stable")
+    return {name: a[order] for name, a in local.items()}
 
 
 def visits(batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -55,18 +101,37 @@ class Recommender(L.LightningModule):
     Evaluation ranks `ranked(batch)`: those scores with padding and unknown never
     recommended and the input's last product ranked last (it is never the target,
     DESIGN.md), the same rule for every model.
+
+    For the stages named in `keep_predictions` ("val", "test"; `train()` sets it before
+    the final evaluation) the per-example results of those same scores are kept too: after
+    the epoch, `predictions[stage]` holds them for the whole split, on every process.
     """
 
     def __init__(self):
         super().__init__()
         self.val_metrics = RankingMetrics()
         self.test_metrics = RankingMetrics()
+        self.keep_predictions: set[str] = set()
+        self.predictions: dict[str, dict[str, np.ndarray]] = {}
+        self._kept: dict[str, list[dict]] = {}
+
+    def evaluate(self, batch: dict[str, torch.Tensor], stage: str,
+                 scores: torch.Tensor | None = None) -> None:
+        """Rank one validation or test batch (`forward`'s scores unless given)."""
+        scores = self.ranked(batch, scores)  # (B, n_items)
+        metrics = self.val_metrics if stage == "val" else self.test_metrics
+        metrics.update(scores, batch["target"])
+        if stage in self.keep_predictions:
+            self._kept.setdefault(stage, []).append(example_results(batch, scores))
 
     def _log_eval(self, stage: str) -> None:
         metrics = self.val_metrics if stage == "val" else self.test_metrics
         values = metrics.compute()
         self.log_dict({f"{stage}/{name}": v for name, v in values.items()})
         metrics.reset()
+        parts = self._kept.pop(stage, [])
+        if stage in self.keep_predictions and parts:  # every process has at least one batch
+            self.predictions[stage] = gather_results(parts)
 
     def ranked(self, batch: dict[str, torch.Tensor],
                scores: torch.Tensor | None = None) -> torch.Tensor:
@@ -75,10 +140,10 @@ class Recommender(L.LightningModule):
         return exclude_last_(mask_special_(scores), batch)
 
     def validation_step(self, batch, batch_idx):
-        self.val_metrics.update(self.ranked(batch), batch["target"])
+        self.evaluate(batch, "val")
 
     def test_step(self, batch, batch_idx):
-        self.test_metrics.update(self.ranked(batch), batch["target"])
+        self.evaluate(batch, "test")
 
     def on_validation_epoch_end(self):
         self._log_eval("val")

@@ -220,7 +220,7 @@ class RIB(Recommender):
         if known.any():
             loss = F.cross_entropy(logits[known], batch["target"][known])
             self.log("val/loss", loss, batch_size=int(known.sum()), sync_dist=True)
-        self.val_metrics.update(self.ranked(batch, logits), batch["target"])
+        self.evaluate(batch, "val", logits)
 
     def configure_optimizers(self):
         hp = self.hparams

@@ -1,0 +1,114 @@
+"""Per-example results of a run (`predictions.parquet`) and what is read back from them.
+
+One row per evaluated example, from the very scores the metric ranked:
+
+| column | type | meaning |
+|---|---|---|
+| `split` | string | `test` (and `val` with `predictions=[val,test]`) |
+| `example` | int64 | the example's index in its split |
+| `session` | int64 | its session id as in the source |
+| `position` | int64 | the target's macro interaction index in the session (from 0) |
+| `target` | product id | the target product as in the source; null when unknown |
+| `rank` | int64 | the target's rank, ties counted against the model; null when unknown |
+| `repeat` | bool | the target occurs in the model's input (an unknown target never does) |
+| `length` | int64 | input micro-behaviors (after `max_len`) |
+| `top` | array of 20 product ids | the best-scored products, best first, ties in id order |
+
+Kept free of torch and Lightning, so `results.py` stays light.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from microrec.files import atomic_write
+from microrec.protocol import SplitArrays
+from microrec.schema import NUM_SPECIAL
+
+PREDICTIONS_FILE = "predictions.parquet"
+STAGES = ("val", "test")
+K = 20  # the headline cut-off: Recall@20, MRR@20
+
+
+def frame(stage: str, results: dict[str, np.ndarray], split: SplitArrays,
+          items: list) -> pl.DataFrame:
+    """One split's per-example results (`models.base.gather_results`) as a table.
+
+    Args:
+        split: the split's arrays, for session ids, positions and targets.
+        items: the product vocabulary (`Prepared.items`: id i + NUM_SPECIAL -> product id).
+    """
+    example = results["example"]  # (N,)
+    if not np.array_equal(example, np.arange(split.target.size)):
+        raise ValueError(f"the {stage} results do not cover each example of the split once")
+    vocabulary = pl.Series("item", items)
+
+    def products(ids: np.ndarray) -> pl.Series:  # ids below NUM_SPECIAL have no product
+        index = pl.Series(ids.ravel() - NUM_SPECIAL).set(pl.Series(ids.ravel() < NUM_SPECIAL),
+                                                          None)
+        return vocabulary.gather(index)
+
+    known = split.target >= NUM_SPECIAL
+    top = results["top"]  # (N, TOP)
+    return pl.DataFrame({
+        "split": pl.Series([stage] * example.size, dtype=pl.String),
+        "example": example.astype(np.int64),
+        "session": split.session,
+        "position": split.position,
+        "target": products(split.target),
+        "rank": pl.Series(results["rank"].astype(np.int64)).set(pl.Series(~known), None),
+        "repeat": results["repeat"].astype(bool),
+        "length": results["length"].astype(np.int64),
+        "top": products(top).reshape((example.size, top.shape[1])),
+    })
+
+
+def write(path: Path, frames: list[pl.DataFrame]) -> None:
+    """Write the splits' tables as one parquet file, atomically."""
+    table = pl.concat(frames)
+    atomic_write(path, lambda tmp: table.write_parquet(tmp))
+
+
+def read(path: Path, stage: str = "test") -> pl.DataFrame:
+    """One split's rows of a `predictions.parquet`, in example order."""
+    return pl.read_parquet(path).filter(pl.col("split") == stage).sort("example")
+
+
+def hits_and_rr(rank: pl.Series | np.ndarray, k: int = K) -> tuple[np.ndarray, np.ndarray]:
+    """(N,) hit@k and reciprocal rank@k of each example; a null rank (unknown) is a miss."""
+    r = pl.Series(rank).cast(pl.Float64).fill_null(np.inf).to_numpy()  # (N,)
+    inside = r <= k
+    return inside.astype(np.float64), np.where(inside, 1.0 / r, 0.0)
+
+
+def metrics(table: pl.DataFrame, ks: tuple[int, ...] = (5, 10, 20)) -> dict[str, float]:
+    """Recall@k and MRR@k over a table's rows, as `metrics.json` names them (no prefix)."""
+    out = {}
+    for k in ks:
+        hit, rr = hits_and_rr(table["rank"], k)
+        out[f"recall@{k}"], out[f"mrr@{k}"] = float(hit.mean()), float(rr.mean())
+    return out
+
+
+def breakdown(hit: np.ndarray, rr: np.ndarray, repeat: np.ndarray) -> dict[str, float]:
+    """Share, Recall@20 and MRR@20 of repeat targets (in the input) and of new ones.
+
+    hit, rr: (N,) per-example hit@20 and reciprocal rank@20 (e.g. averaged over seeds);
+    repeat: (N,) bool. A group without examples gets NaN.
+    """
+    out = {}
+    for name, rows in (("repeat", repeat), ("new", ~repeat)):
+        n = int(rows.sum())
+        out[f"{name}/share"] = n / max(rows.size, 1)
+        out[f"{name}/recall@{K}"] = float(hit[rows].mean()) if n else float("nan")
+        out[f"{name}/mrr@{K}"] = float(rr[rows].mean()) if n else float("nan")
+    return out
+
+
+def summary(table: pl.DataFrame) -> dict[str, float]:
+    """The repeat / new breakdown of one run's table (one split)."""
+    hit, rr = hits_and_rr(table["rank"])
+    return breakdown(hit, rr, table["repeat"].to_numpy())
