@@ -2,14 +2,18 @@
 
     python src/results.py                                # the latest under outputs/multirun
     python src/results.py outputs/multirun/A outputs/multirun/B --wandb
+    python src/results.py --breakdown --against full/RIB
 
 A job is a folder with `.hydra/`; its Hydra choices (data, model, features, attention,
 encoder) place it in the table and its `metrics.json` gives test Recall@20 and MRR@20.
-Jobs of the same data set and row are seeds of one cell: the cell shows their mean and,
-with several, their sample standard deviation; a non-baseline row also shows the relative
-improvement of its mean over the best baseline's mean on that data set. Writes table3.md
-and table3.csv into the first folder and prints the Markdown. Job folders without
-metrics.json (failed or unfinished) are listed under the table.
+Jobs of the same data set and row are runs of one cell (seeds, and data splits swept with
+data.seed): the cell shows their mean and, with several, their sample standard deviation;
+a non-baseline row also shows the relative improvement of its mean over the best
+baseline's mean on that data set. From the jobs' predictions.parquet, every row is compared
+with the best baseline (or the --against row) on the same test examples: difference, 95%
+interval and p-value of a paired bootstrap over test sessions. Writes table3.md and
+table3.csv into the first folder and prints the Markdown. Job folders without metrics.json
+(failed or unfinished) are listed under the table.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from pathlib import Path
 
 from microrec.errors import MicrorecError
 from microrec.runs import latest_multirun
+from microrec.significance import RESAMPLES
 from microrec.table import table3
 
 
@@ -28,10 +33,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("folders", nargs="*", type=Path,
                         help="multirun folders (default: the latest under outputs/multirun)")
     parser.add_argument("--wandb", action="store_true", help="also log a W&B Table")
+    parser.add_argument("--against", metavar="ROW",
+                        help="compare every row with this one rather than the best baseline: "
+                             "a model (RIB) or data type/model (full/RIB)")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="add Recall@20 and MRR@20 on repeat and on new targets")
+    parser.add_argument("--resamples", type=int, default=RESAMPLES,
+                        help=f"bootstrap replicates per paired test (default {RESAMPLES})")
     args = parser.parse_args(argv)
     try:
         folders = args.folders or [latest_multirun()]
-        print(table3(folders, args.wandb), end="")
+        print(table3(folders, args.wandb, args.against, args.breakdown, args.resamples),
+              end="")
     except MicrorecError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

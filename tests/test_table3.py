@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 
+import polars as pl
 import pytest
 from conftest import ROOT, TINY
 from hydra import compose, initialize_config_dir
@@ -15,6 +16,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
+from microrec import predictions
 from microrec.errors import ConfigError
 from microrec.naming import job_label
 from microrec.runs import latest_multirun
@@ -83,16 +85,27 @@ def test_one_row_of_table3_can_be_run_alone():
 
 
 def make_job(folder, name, data, model, seed, metrics=None, features="sku", attention=None,
-             n_sessions=1000):
-    """A job folder as train.py leaves it (only what results.py reads)."""
+             n_sessions=1000, data_seed=0, ranks=None):
+    """A job folder as train.py leaves it (only what results.py reads); with `ranks`, a
+    predictions.parquet of those test ranks and the metrics they give."""
     job = folder / name
     (job / ".hydra").mkdir(parents=True)
     choices = {"data": data, "model": model, "features": features, "attention": attention,
                "encoder": "gru" if model == "rib" else None}
     OmegaConf.save({"hydra": {"runtime": {"choices": choices}}}, job / ".hydra" / "hydra.yaml")
     OmegaConf.save({"seed": seed, "data": {"source": {"n_sessions": n_sessions},
-                                           "features": "${features.name}"}},
+                                           "features": "${features.name}", "seed": data_seed}},
                    job / ".hydra" / "config.yaml")
+    if ranks is not None:
+        n = len(ranks)
+        table = pl.DataFrame({
+            "split": ["test"] * n, "example": range(n),
+            "session": [1000 * data_seed + i // 2 for i in range(n)],  # two per session
+            "position": [1 + i % 2 for i in range(n)], "rank": ranks,
+            "repeat": [i % 2 == 0 for i in range(n)]})
+        table.write_parquet(job / predictions.PREDICTIONS_FILE)
+        values = predictions.metrics(table, ks=(20,))
+        metrics = (values["recall@20"], values["mrr@20"])
     if metrics is not None:
         recall, mrr = metrics
         (job / "metrics.json").write_text(json.dumps(
@@ -192,6 +205,8 @@ def test_results_logs_a_wandb_table_offline(multiruns, monkeypatch):
     with open(synthetic / "table3.csv") as f:
         header, *rows = list(csv.reader(f))
     assert logged["columns"] == header
+    assert {"synthetic Recall@20 diff", "synthetic Recall@20 ci_low", "synthetic MRR@20 p",
+            "synthetic MRR@20 vs"} <= set(header)
     assert [r[:2] for r in logged["data"]] == [r[:2] for r in rows]
     assert logged["data"][0][2] == pytest.approx(0.15)
 
@@ -240,6 +255,127 @@ def test_table3_sweep_end_to_end_with_two_rows_and_two_seeds(tmp_path):
     blob = pop_run.read_bytes()
     assert b"model=pop" in blob and b"features=sku" in blob and b"encoder=" not in blob
 
-    table = table3([sweep])
+    table = table3([sweep], breakdown=True)
     assert "over 2 seeds" in table and "not in the table" not in table
     assert "| SKU | POP |" in table and "|  | RIB w/o attention |" in table
+    # every job left its per-example results: RIB is paired with POP, the only baseline
+    assert "without predictions.parquet" not in table
+    paired = table[table.index("## Paired differences from the best baseline"):]
+    assert "| SKU | POP | reference | reference |" in paired
+    assert re.search(r"\|  \| RIB w/o attention \| [+-]0\.\d{4} \[", paired)
+    assert "## Repeat and new targets" in table
+
+
+N = 60  # test examples: 30 sessions of two, the first of each a repeat target
+PAIRED = {  # row -> test ranks of seed 0 and seed 1 (None: unknown target)
+    ("pop", None, None): ([50] * N, [50] * N),
+    ("item_knn", None, None): ([5, 50] * (N // 2), [5, 50] * (N // 2)),  # the best baseline
+    ("rib", "sku", "on"): ([1] * N, [2] * (N // 2) + [4] * (N // 2)),  # better everywhere
+    ("rib", "full", "off"): ([5, 50] * (N // 2), [5, None] * (N // 2)),  # Item-KNN's again
+}
+
+
+@pytest.fixture
+def paired_runs(tmp_path):
+    """A multirun whose jobs left predictions: four rows, two seeds, on two data splits."""
+    folder = tmp_path / "multirun"
+    number = 0
+    for (model, features, attention), per_seed in PAIRED.items():
+        for data_seed in (0, 1):
+            for seed, ranks in enumerate(per_seed):
+                make_job(folder, f"{number}_x", "synthetic", model, seed, None,
+                         features or "sku", attention, data_seed=data_seed, ranks=ranks)
+                number += 1
+    return folder
+
+
+def read_csv(folder):
+    with open(folder / "table3.csv") as f:
+        return {(r["data type"], r["model"]): r for r in csv.DictReader(f)}
+
+
+def test_every_row_is_paired_with_the_best_baseline_on_the_same_examples(paired_runs):
+    text = table3([paired_runs], resamples=2000)
+    assert "over 2 seeds × 2 splits" in text
+    assert "† marks a difference from the best baseline with p < 0.05" in text
+    assert "| SKU | POP | 0.0000 ± 0.0000 † | 0.0000 ± 0.0000 † |" in text
+    assert "|  | Item-KNN | 0.5000 ± 0.0000 | 0.1000 ± 0.0000 |" in text
+    # RIB's MRR@20 by run: 1 and (1/2 + 1/4) / 2 on each split
+    assert "|  | RIB | 1.0000 ± 0.0000 (+100.0%) † | 0.6875 ± 0.3608 (+587.5%) † |" in text
+    assert "| SKU+Micro-behaviors | RIB w/o attention | 0.5000 ± 0.0000 (+0.0%) | " in text
+    paired = text[text.index("## Paired differences from the best baseline"):]
+    assert "|  | Item-KNN | reference | reference |" in paired
+    # identical per-example results: no difference, p = 1 (MRR: the unknown target of seed 1
+    # is a miss either way)
+    assert ("| SKU+Micro-behaviors | RIB w/o attention | +0.0000 [+0.0000, +0.0000] p=1.000 "
+            "| +0.0000 [+0.0000, +0.0000] p=1.000 |") in paired
+    # better on every session: hit 1 against 0.5; RR (1 + 1/2) / 2 or (1 + 1/4) / 2 against
+    # 0.2 or 0, i.e. a session mean of 0.65 or 0.525
+    assert re.search(r"\|  \| RIB \| \+0\.5000 \[\+0\.5000, \+0\.5000\] p<0\.001 \| "
+                     r"\+0\.5875 \[\+0\.5\d+, \+0\.6\d+\] p<0\.001 \|", paired)
+    rows = read_csv(paired_runs)
+    rib = rows["SKU", "RIB"]
+    assert rib["synthetic Recall@20 vs"] == "SKU Item-KNN"
+    assert float(rib["synthetic Recall@20 diff"]) == pytest.approx(0.5)
+    assert float(rib["synthetic Recall@20 p"]) == pytest.approx(2 / 2001, abs=1e-6)
+    assert 0.525 < float(rib["synthetic MRR@20 ci_low"]) < 0.5875 < float(
+        rib["synthetic MRR@20 ci_high"]) < 0.65
+    assert rib["synthetic seeds"] == "2" and rib["synthetic splits"] == "2"
+    assert rows["SKU", "Item-KNN"]["synthetic Recall@20 diff"] == ""
+
+
+def test_against_a_row_and_the_repeat_new_breakdown(paired_runs):
+    text = table3([paired_runs], against="full/RIB w/o attention", breakdown=True,
+                  resamples=500)
+    assert "## Paired differences from SKU+Micro-behaviors RIB w/o attention" in text
+    assert "|  | Item-KNN | +0.0000 [+0.0000, +0.0000] p=1.000 |" in text
+    parts = text[text.index("## Repeat and new targets"):]
+    # Item-KNN: every repeat target at rank 5, every new one missed; half are repeats
+    assert "|  | Item-KNN | 0.5000 | 1.0000 | 0.2000 | 0.0000 | 0.0000 |" in parts
+    assert "|  | RIB | 0.5000 | 1.0000 | 0.6875 | 1.0000 | 0.6875 |" in parts
+    rows = read_csv(paired_runs)
+    assert rows["SKU", "POP"]["synthetic new share"] == "0.5"
+    assert rows["SKU", "Item-KNN"]["synthetic MRR@20 repeat"] == "0.2"
+    assert "from SKU RIB" in table3([paired_runs], against="RIB", resamples=200)
+    make_job(paired_runs, "99_x", "synthetic", "rib", 0, (0.1, 0.1), "full", "on")
+    for spec, message in (("RIB", " names several rows; give one of: sku/RIB, full/RIB."),
+                          ("KNN", " names no row of the table; give one of: sku/POP"),
+                          ("full/RIB", ": no data set has predictions.parquet from every")):
+        with pytest.raises(ConfigError, match=re.escape(f"--against '{spec}'{message}")):
+            table3([paired_runs], against=spec)
+
+
+def test_only_examples_of_the_same_split_are_paired(tmp_path):
+    folder = tmp_path / "multirun"
+    make_job(folder, "0_a", "synthetic", "pop", 0, data_seed=0, ranks=[1, 1, 1, 1])
+    make_job(folder, "1_a", "synthetic", "pop", 0, data_seed=1, ranks=[50, 50, 50, 50])
+    make_job(folder, "2_b", "synthetic", "item_knn", 0, data_seed=1, ranks=[1, 50, 1, 50])
+    table3([folder], against="POP", resamples=200)
+    knn = read_csv(folder)["SKU", "Item-KNN"]
+    assert float(knn["synthetic Recall@20 diff"]) == pytest.approx(0.5)  # split 1 only
+    make_job(folder, "3_b", "synthetic", "item_knn", 1, data_seed=1, ranks=[1, 1, 1])
+    with pytest.raises(ConfigError, match="Item-KNN on synthetic .* do not fit together"):
+        table3([folder])
+
+
+def test_jobs_without_predictions_are_named_and_left_blank(paired_runs):
+    (paired_runs / "0_x" / predictions.PREDICTIONS_FILE).unlink()  # a POP run
+    text = table3([paired_runs], resamples=200)
+    assert ("Cells with a run without predictions.parquet (no paired test or breakdown): "
+            "SKU POP on synthetic.") in text
+    assert "| SKU | POP | 0.0000 ± 0.0000 | 0.0000 ± 0.0000 |" in text
+
+
+def test_data_splits_sweep_like_seeds_with_their_own_folder_and_run_names(hydra_job,
+                                                                          monkeypatch):
+    argv = ["experiment=table3", "table3=pop,rib_full", "data.seed=0,1", "seed=0,1"]
+    monkeypatch.setattr("sys.argv", ["src/train.py", "-m", *argv])
+    jobs, params = sweep_jobs(argv)
+    labels = []
+    for overrides in jobs:
+        cfg = hydra_job(overrides)
+        labels.append(job_label(overrides, params, argv))
+        assert run_identity()["name"] == labels[-1]
+        assert cfg.data.seed == int(labels[-1].split("data.seed=")[1][0])
+    assert len(jobs) == 8 and len(set(labels)) == 8
+    assert labels[:2] == ["table3=pop,data.seed=0,seed=0", "table3=pop,data.seed=0,seed=1"]

@@ -2,9 +2,12 @@
 
 A job's Hydra choices (data, model, features, attention, encoder) place it in the table and
 its `metrics.json` gives test Recall@20 and MRR@20. Jobs of the same data set and row are
-seeds of one cell: the cell shows their mean and, with several, their sample standard
-deviation; a non-baseline row also shows the relative improvement of its mean over the best
-baseline's mean on that data set.
+repetitions of one cell, over seeds (`seed`) and data splits (`data.seed`): the cell shows
+their mean and, with several, their sample standard deviation; a non-baseline row also
+shows the relative improvement of its mean over the best baseline's mean on that data set.
+Where the jobs left `predictions.parquet`, every row is also compared with the best
+baseline (or a chosen row) on the same test examples (microrec/significance.py), and
+optionally broken down into repeat and new targets.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from microrec import predictions, significance
 from microrec.errors import ConfigError
 from microrec.files import atomic_write
 from microrec.runs import CONFIG, HYDRA, METRICS_FILE, job_folders, wandb_group
@@ -35,7 +39,8 @@ class Job:
     data_type: str  # a feature variant (schema.FEATURE_LABELS)
     model: str  # the row's model, as the table names it
     seed: int
-    data_config: dict  # the composed `data` node, to check that a data set is one setting
+    data_seed: int  # `data.seed`: which random split of the data set
+    data_config: dict  # the composed `data` node but its seed: one setting per data set
     metrics: dict | None  # None: no metrics.json, the job failed or is unfinished
 
 
@@ -59,114 +64,325 @@ def read_jobs(folders: list[Path]) -> list[Job]:
         config = OmegaConf.load(job / CONFIG)
         metrics = job / METRICS_FILE
         data_type, model = row_of(choices)
-        jobs.append(Job(job, choices.data, data_type, model, int(config.seed),
-                        OmegaConf.to_container(config.data),
-                        json.loads(metrics.read_text()) if metrics.is_file() else None))
+        data = OmegaConf.to_container(config.data)
+        data_seed = int(data.pop("seed", 0))  # splits of one data set are repetitions
+        jobs.append(Job(job, choices.data, data_type, model, int(config.seed), data_seed,
+                        data, json.loads(metrics.read_text()) if metrics.is_file() else None))
     return jobs
 
 
 def check_consistent(jobs: list[Job]) -> None:
-    """One data setting per data set, and each seed of a cell once."""
+    """One data setting per data set (its split seed aside), and each run of a cell once."""
     setting, seen = {}, {}
     for job in jobs:
         first = setting.setdefault(job.data, job)
         if job.data_config != first.data_config:
             raise ConfigError(f"{first.folder} and {job.folder} both use data={job.data} but "
                               "with different data settings; tabulate them separately.")
-        key = (job.data, job.data_type, job.model, job.seed)
+        key = (job.data, job.data_type, job.model, job.seed, job.data_seed)
         if key in seen:
+            split = f" (data.seed={job.data_seed})" if job.data_seed else ""
             raise ConfigError(f"{seen[key].folder} and {job.folder} are both seed {job.seed} "
-                              f"of {job.model} on {job.data}; pass each seed once.")
+                              f"of {job.model} on {job.data}{split}; pass each seed once.")
         seen[key] = job
 
 
 @dataclass
 class Cell:
     mean: float
-    std: float | None  # sample standard deviation over seeds; None with one seed
+    std: float | None  # sample standard deviation over runs; None with one run
     gain: float | None  # % of the mean over the best baseline's; None for a baseline
-    seeds: int
+    seeds: int  # distinct `seed`s among the runs
+    splits: int = 1  # distinct `data.seed`s among the runs
+    runs: int = 1
+
+    def spread(self) -> str:
+        """What the cell's runs repeat, e.g. '3 seeds' or '3 seeds × 2 splits'."""
+        seeds = f"{self.seeds} seed{'s' if self.seeds > 1 else ''}"
+        if self.splits == 1:
+            return seeds
+        if self.runs == self.seeds * self.splits:
+            return f"{seeds} × {self.splits} splits"
+        return f"{self.runs} runs over {seeds} and {self.splits} splits"
+
+
+def row_order(rows) -> list[tuple[str, str]]:
+    """Rows (data type, model) in the paper's order."""
+    variants = list(FEATURE_LABELS)
+    return sorted(rows, key=lambda r: (
+        variants.index(r[0]) if r[0] in variants else len(variants), r[0],
+        MODEL_ORDER.index(r[1]) if r[1] in MODEL_ORDER else len(MODEL_ORDER), r[1]))
+
+
+def row_name(row: tuple[str, str]) -> str:
+    """A row as the text names it, e.g. 'SKU+Micro-behaviors RIB'."""
+    return f"{FEATURE_LABELS.get(row[0], row[0])} {row[1]}"
 
 
 def summarise(jobs: list[Job]) -> tuple[list[str], list[tuple[str, str]], dict]:
     """Data sets (columns), rows (data type, model) in the paper's order, and the cells by
     (row, data set, metric)."""
     datasets = list(dict.fromkeys(j.data for j in jobs))
-    variants = list(FEATURE_LABELS)
-    rows = sorted({(j.data_type, j.model) for j in jobs}, key=lambda r: (
-        variants.index(r[0]) if r[0] in variants else len(variants), r[0],
-        MODEL_ORDER.index(r[1]) if r[1] in MODEL_ORDER else len(MODEL_ORDER), r[1]))
-    values = {}  # (row, data set, metric) -> one value per seed
-    for j in jobs:
-        for metric in METRICS:
-            values.setdefault(((j.data_type, j.model), j.data, metric), []).append(
-                j.metrics[metric])
-    best = {}  # (data set, metric) -> the best baseline's mean
-    for (row, ds, metric), v in values.items():
-        if row[1] in BASELINES.values():
-            best[ds, metric] = max(best.get((ds, metric), 0.0), statistics.mean(v))
+    rows = row_order({(j.data_type, j.model) for j in jobs})
+    runs = group_runs(jobs)
+    best = best_baselines(runs)
     cells = {}
-    for (row, ds, metric), v in values.items():
-        mean = statistics.mean(v)
-        top = None if row[1] in BASELINES.values() else best.get((ds, metric))
-        cells[row, ds, metric] = Cell(mean, statistics.stdev(v) if len(v) > 1 else None,
-                                      100 * (mean / top - 1) if top else None, len(v))
+    for (row, ds), cell_jobs in runs.items():
+        for metric in METRICS:
+            v = [j.metrics[metric] for j in cell_jobs]
+            mean = statistics.mean(v)
+            top = None if row[1] in BASELINES.values() else best.get((ds, metric), (0, None))[0]
+            cells[row, ds, metric] = Cell(
+                mean, statistics.stdev(v) if len(v) > 1 else None,
+                100 * (mean / top - 1) if top else None, len({j.seed for j in cell_jobs}),
+                len({j.data_seed for j in cell_jobs}), len(v))
     return datasets, rows, cells
+
+
+def group_runs(jobs: list[Job]) -> dict[tuple, list[Job]]:
+    """(row, data set) -> the jobs of that cell."""
+    runs = {}
+    for j in jobs:
+        runs.setdefault(((j.data_type, j.model), j.data), []).append(j)
+    return runs
+
+
+def best_baselines(runs: dict) -> dict:
+    """(data set, metric) -> (mean, row) of the baseline with the best mean there."""
+    best = {}
+    for (row, ds), cell_jobs in sorted(runs.items()):
+        if row[1] not in BASELINES.values():
+            continue
+        for metric in METRICS:
+            mean = statistics.mean(j.metrics[metric] for j in cell_jobs)
+            if mean > best.get((ds, metric), (0.0, None))[0]:
+                best[ds, metric] = (mean, row)
+    return best
+
+
+# -- paired comparisons and the repeat / new breakdown, from predictions.parquet ----------
+@dataclass
+class Comparisons:
+    """What the jobs' per-example results add to the table."""
+
+    reference: str  # what every row is compared with: "the best baseline" or a row's name
+    tests: dict  # (row, data set, metric) -> (reference row, Paired; None for the reference)
+    breakdown: dict  # (row, data set) -> predictions.breakdown of its seed-averaged examples
+    missing: list[str]  # cells some of whose runs left no predictions.parquet
+    resamples: int
+
+
+def per_example(runs: dict) -> tuple[dict, list[str]]:
+    """(row, data set) -> seed-averaged test examples (significance.seed_average) of every
+    cell whose runs all left predictions.parquet; and the names of the other cells."""
+    found, missing = {}, []
+    for (row, ds), cell_jobs in runs.items():
+        paths = [j.folder / predictions.PREDICTIONS_FILE for j in cell_jobs]
+        if not all(path.is_file() for path in paths):
+            missing.append(f"{row_name(row)} on {ds}")
+            continue
+        try:
+            found[row, ds] = significance.seed_average(
+                [(j.data_seed, predictions.read(path)) for j, path in zip(cell_jobs, paths,
+                                                                          strict=True)])
+        except ValueError as e:
+            raise ConfigError(f"the runs of {row_name(row)} on {ds} (e.g. "
+                              f"{cell_jobs[0].folder}) do not fit together: {e}.") from None
+    return found, missing
+
+
+def find_row(spec: str, rows: list[tuple[str, str]]) -> tuple[str, str]:
+    """The row `--against` names: a model ('RIB') where that is one row, else a data type
+    and model ('full/RIB' or 'SKU+Micro-behaviors/RIB')."""
+    found = [r for r in rows if spec in (r[1], f"{r[0]}/{r[1]}",
+                                         f"{FEATURE_LABELS.get(r[0], r[0])}/{r[1]}")]
+    if len(found) == 1:
+        return found[0]
+    names = ", ".join(f"{r[0]}/{r[1]}" for r in (found or rows))
+    what = "names several rows" if found else "names no row of the table"
+    raise ConfigError(f"--against {spec!r} {what}; give one of: {names}.")
+
+
+def compare_rows(jobs: list[Job], rows: list[tuple[str, str]], against: str | None,
+                 resamples: int) -> Comparisons | None:
+    """Every row against the best baseline (per data set and metric) or the row `against`
+    names, on the same test examples; None when no job left predictions.parquet."""
+    runs = group_runs(jobs)
+    reference = None if against is None else find_row(against, rows)
+    examples, missing = per_example(runs)
+    if reference is not None and not any(r == reference for r, _ in examples):
+        raise ConfigError(f"--against {against!r}: no data set has predictions.parquet from "
+                          "every run of that row, so nothing can be paired with it.")
+    if not examples:
+        return None
+    best = best_baselines(runs)
+    tests, breakdown, done = {}, {}, {}
+    for (row, ds), mine in examples.items():
+        breakdown[row, ds] = predictions.breakdown(mine["hit"].to_numpy(), mine["rr"].to_numpy(),
+                                                   mine["repeat"].to_numpy())
+        for metric in METRICS:
+            ref = reference or best.get((ds, metric), (0.0, None))[1]
+            if (ref, ds) not in examples:
+                continue
+            if ref == row:
+                tests[row, ds, metric] = (ref, None)
+                continue
+            if (row, ref, ds) not in done:
+                try:
+                    done[row, ref, ds] = significance.compare(mine, examples[ref, ds],
+                                                              resamples)
+                except ValueError as e:
+                    raise ConfigError(f"{row_name(row)} and {row_name(ref)} on {ds} cannot be "
+                                      f"paired: {e}.") from None
+            if done[row, ref, ds] is not None:  # None: no split in common
+                tests[row, ds, metric] = (ref, done[row, ref, ds][metric.split("/")[1]])
+    name = "the best baseline" if reference is None else row_name(reference)
+    return Comparisons(name, tests, breakdown, missing, resamples)
+
+
+SIGNIFICANT = 0.05  # p below this marks a difference (†)
+BREAKDOWN = {"repeat/share": "repeat share", "repeat/recall@20": "Recall@20 repeat",
+             "repeat/mrr@20": "MRR@20 repeat", "new/share": "new share",
+             "new/recall@20": "Recall@20 new", "new/mrr@20": "MRR@20 new"}
 
 
 def _round(x: float | None) -> float | None:
     return None if x is None else round(x, 6)
 
 
-def csv_table(datasets: list[str], rows: list[tuple[str, str]], cells: dict) -> list[list]:
-    """Header and one row per table row, numbers unformatted (empty where there is none)."""
+def csv_table(datasets: list[str], rows: list[tuple[str, str]], cells: dict,
+              compared: Comparisons | None = None, breakdown: bool = False) -> list[list]:
+    """Header and one row per table row, numbers unformatted (empty where there is none).
+
+    Per data set and metric: mean, std, % vs the best baseline, then the paired difference
+    from the reference row (`vs`): diff, ci_low, ci_high and p; per data set: seeds and
+    splits, and with `breakdown` the repeat / new shares and metrics.
+    """
     header = ["data type", "model"]
     for ds in datasets:
         for label in METRICS.values():
-            header += [f"{ds} {label}", f"{ds} {label} std", f"{ds} {label} vs best baseline %"]
-        header.append(f"{ds} seeds")
+            header += [f"{ds} {label}", f"{ds} {label} std", f"{ds} {label} vs best baseline %",
+                       f"{ds} {label} vs", f"{ds} {label} diff", f"{ds} {label} ci_low",
+                       f"{ds} {label} ci_high", f"{ds} {label} p"]
+        header += [f"{ds} seeds", f"{ds} splits"]
+        if breakdown:
+            header += [f"{ds} {label}" for label in BREAKDOWN.values()]
+    tests = compared.tests if compared else {}
+    parts = compared.breakdown if compared else {}
     table = [header]
     for row in rows:
         line = [FEATURE_LABELS.get(row[0], row[0]), row[1]]
         for ds in datasets:
             found = [cells.get((row, ds, metric)) for metric in METRICS]
-            for c in found:
+            for metric, c in zip(METRICS, found, strict=True):
                 line += [None] * 3 if c is None else [_round(c.mean), _round(c.std),
                                                       _round(c.gain)]
-            line.append(next((c.seeds for c in found if c), None))
+                ref, t = tests.get((row, ds, metric), (None, None))
+                line.append(None if ref is None else row_name(ref))
+                line += [None] * 4 if t is None else [_round(t.diff), _round(t.low),
+                                                      _round(t.high), _round(t.p)]
+            cell = next((c for c in found if c), None)
+            line += [None, None] if cell is None else [cell.seeds, cell.splits]
+            if breakdown:
+                part = parts.get((row, ds))
+                line += [None if part is None else _round(part[k]) for k in BREAKDOWN]
         table.append(line)
     return table
 
 
-def markdown(datasets: list[str], rows: list[tuple[str, str]], cells: dict,
-             failed: list[Job], folders: list[Path]) -> str:
-    """The paper's layout: rows by data type and model, Recall@20 and MRR@20 per data set."""
-    seeds = sorted({c.seeds for c in cells.values()})
-    if seeds == [1]:
-        spread = "one seed per cell"
-    elif len(seeds) == 1:
-        spread = f"mean ± sample standard deviation over {seeds[0]} seeds"
-    else:
-        spread = (f"mean ± sample standard deviation over {seeds[0]} to {seeds[-1]} seeds "
-                  "(the seeds columns of table3.csv give each cell's count)")
-    columns = ["Data type", "Model"] + [f"{ds} {m}" for ds in datasets for m in METRICS.values()]
-    lines = [
-        "# Table 3", "",
-        f"Test Recall@20 and MRR@20, {spread}; in parentheses, the relative improvement over "
-        "the best baseline on the same data set.", "",
-        "| " + " | ".join(columns) + " |",
-        "|" + "---|" * len(columns),
-    ]
+def _spread(cells: dict) -> str:
+    shapes = {c.spread() for c in cells.values()}
+    if all(c.runs == 1 for c in cells.values()):
+        return "one seed per cell"
+    if len(shapes) == 1:
+        return f"mean ± sample standard deviation over {shapes.pop()}"
+    if all(c.splits == 1 for c in cells.values()):
+        seeds = sorted({c.seeds for c in cells.values()})
+        return (f"mean ± sample standard deviation over {seeds[0]} to {seeds[-1]} seeds "
+                "(the seeds columns of table3.csv give each cell's count)")
+    return ("mean ± sample standard deviation over each cell's runs, seeds × data splits "
+            "(from " + ", ".join(sorted(shapes)) + "; the seeds and splits columns of "
+            "table3.csv give each cell's)")
+
+
+def _paired(t) -> str:
+    p = "p<0.001" if t.p < 0.001 else f"p={t.p:.3f}"
+    return f"{t.diff:+.4f} [{t.low:+.4f}, {t.high:+.4f}] {p}"
+
+
+def _lines(columns: list[str], rows: list[tuple[str, str]], cell) -> list[str]:
+    """A Markdown table: `cell(row)` gives a row's cells after its data type and model."""
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for i, row in enumerate(rows):
         shown = ["" if i and rows[i - 1][0] == row[0] else FEATURE_LABELS.get(row[0], row[0]),
                  row[1]]  # the data type once per group, as in the paper
+        lines.append("| " + " | ".join(shown + cell(row)) + " |")
+    return lines
+
+
+def markdown(datasets: list[str], rows: list[tuple[str, str]], cells: dict,
+             failed: list[Job], folders: list[Path], compared: Comparisons | None = None,
+             breakdown: bool = False) -> str:
+    """The paper's layout: rows by data type and model, Recall@20 and MRR@20 per data set;
+    then the paired differences and, with `breakdown`, repeat and new targets."""
+    tests = compared.tests if compared else {}
+    columns = ["Data type", "Model"] + [f"{ds} {m}" for ds in datasets for m in METRICS.values()]
+    mark = "" if not tests else (
+        f" † marks a difference from {compared.reference} with p < {SIGNIFICANT} in a paired "
+        "bootstrap over test sessions (below).")
+
+    def means(row):
+        shown = []
         for ds in datasets:
             for metric in METRICS:
                 c = cells.get((row, ds, metric))
+                t = tests.get((row, ds, metric), (None, None))[1]
                 shown.append("" if c is None else f"{c.mean:.4f}"
                              + ("" if c.std is None else f" ± {c.std:.4f}")
-                             + ("" if c.gain is None else f" ({c.gain:+.1f}%)"))
-        lines.append("| " + " | ".join(shown) + " |")
+                             + ("" if c.gain is None else f" ({c.gain:+.1f}%)")
+                             + (" †" if t is not None and t.p < SIGNIFICANT else ""))
+        return shown
+
+    lines = ["# Table 3", "",
+             f"Test Recall@20 and MRR@20, {_spread(cells)}; in parentheses, the relative "
+             f"improvement over the best baseline on the same data set.{mark}", "",
+             *_lines(columns, rows, means)]
+    if tests:
+        def paired(row):
+            shown = []
+            for ds in datasets:
+                for metric in METRICS:
+                    ref, t = tests.get((row, ds, metric), (None, None))
+                    shown.append("" if ref is None else "reference" if t is None else _paired(t))
+            return shown
+
+        lines += ["", f"## Paired differences from {compared.reference}", "",
+                  "Mean difference in test Recall@20 and MRR@20 over the same test examples "
+                  "(each model's per-example hit and reciprocal rank averaged over its seeds "
+                  "first, only examples of the same data split paired), its 95% interval and "
+                  "two-sided p-value from a paired bootstrap over test sessions "
+                  f"({compared.resamples} resamples; microrec/significance.py).", "",
+                  *_lines(columns, rows, paired)]
+    if breakdown and compared:
+        shown_parts = [k for k in BREAKDOWN if k != "new/share"]
+
+        def parts(row):
+            part = {ds: compared.breakdown.get((row, ds)) for ds in datasets}
+            return ["" if part[ds] is None else f"{part[ds][k]:.4f}"
+                    for ds in datasets for k in shown_parts]
+
+        lines += ["", "## Repeat and new targets", "",
+                  "Test Recall@20 and MRR@20 on targets that occur in the input (repeat) and "
+                  "on the others (new; unknown products count here, as misses), each "
+                  "example's hit and reciprocal rank averaged over seeds; repeat share = the "
+                  "share of test examples with a repeat target (new share = 1 − it).", "",
+                  *_lines(["Data type", "Model"] + [f"{ds} {BREAKDOWN[k]}" for ds in datasets
+                                                    for k in shown_parts], rows, parts)]
+    elif breakdown:
+        lines += ["", "No job left predictions.parquet: no repeat / new breakdown."]
+    if compared and compared.missing:
+        lines += ["", "Cells with a run without predictions.parquet (no paired test or "
+                  "breakdown): " + ", ".join(compared.missing) + "."]
     if failed:
         lines += ["", "Jobs without metrics.json (failed or unfinished), not in the table:"]
         lines += [f"- {j.folder}" for j in failed]
@@ -185,19 +401,31 @@ def log_to_wandb(table: list[list], folder: Path) -> None:
     run.finish()
 
 
-def table3(folders: list[Path], use_wandb: bool = False) -> str:
+def table3(folders: list[Path], use_wandb: bool = False, against: str | None = None,
+           breakdown: bool = False, resamples: int = significance.RESAMPLES) -> str:
     """Write table3.md and table3.csv into the first multirun folder (and, with `use_wandb`,
-    log a W&B Table); return the Markdown. Jobs without metrics.json are listed under it."""
+    log a W&B Table); return the Markdown. Jobs without metrics.json are listed under it.
+
+    Args:
+        against: compare every row with this row (see `find_row`) rather than with the
+            best baseline.
+        breakdown: add Recall@20 and MRR@20 on repeat and on new targets.
+        resamples: bootstrap replicates of each paired test.
+    """
     jobs = read_jobs(folders)
     done = [j for j in jobs if j.metrics is not None]
     failed = [j for j in jobs if j.metrics is None]
     if not done:
         raise ConfigError(f"none of the {len(jobs)} jobs in {', '.join(map(str, folders))} "
                           "has finished (no metrics.json).")
+    if resamples < 100:
+        raise ConfigError(f"--resamples {resamples} is too few for a 95% interval; use 1000 "
+                          "or more.")
     check_consistent(done)
     datasets, rows, cells = summarise(done)
-    table = csv_table(datasets, rows, cells)
-    text = markdown(datasets, rows, cells, failed, folders)
+    compared = compare_rows(done, rows, against, resamples)
+    table = csv_table(datasets, rows, cells, compared, breakdown)
+    text = markdown(datasets, rows, cells, failed, folders, compared, breakdown)
 
     def write_csv(tmp):
         with open(tmp, "w", newline="") as f:
@@ -208,5 +436,3 @@ def table3(folders: list[Path], use_wandb: bool = False) -> str:
     if use_wandb:
         log_to_wandb(table, folders[0])
     return text
-
-
