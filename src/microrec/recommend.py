@@ -202,7 +202,7 @@ def recommend(run: str, input_path: str, out: Path, top: int = 20, chunk_size: i
                 known = arrays.tokens[:, 0] != S.UNK  # (E,)
                 summary["unknown_product_events"] += int((~known).sum())
                 summary["sessions_without_known_products"] += int(
-                    (np.add.reduceat(known, arrays.first) == 0).sum())
+                    (np.add.reduceat(known.astype(np.int64), arrays.first) == 0).sum())
                 unknown.update(unknown_here.to_list())
                 ids, scores = score_chunk(model, arrays, dm.max_len, batch_size, top)
                 table = chunk_table(session_keys(chunk, sessions), ids, scores, items)
