@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 LOADER_VERSION = 1  # bump on any change to what load() returns for the same bytes
 FILE, LINE = "_file", "_line"  # where a row came from, for error messages
 USER = "user"  # an event-log role that is not a canonical column: sessions are cut from users
+SOURCE = "source_"  # prefix of the file's own session keys, which EventLog.load(keys=True) keeps
 ROLES = (S.SESSION, USER, S.ITEM, S.ACTIVITY, S.TS, S.DWELL, S.CATEGORY)
 FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl",
            ".ndjson": "jsonl", ".json": "jsonl"}
@@ -431,7 +432,10 @@ class EventLog:
         return frame.select(LINE, *(pl.col(c).alias(r) for r, c in self.columns.items()))
 
     # -- the table -------------------------------------------------------------------------
-    def load(self) -> pl.DataFrame:
+    def load(self, keys: bool = False) -> pl.DataFrame:
+        """The canonical event table; with `keys`, also the file's own session keys as
+        columns `source_session` and `source_user` (those mapped), e.g. to name sessions in
+        output as the file does."""
         files = self.files()
         units = ["row" if self._format(p) == "parquet" else "line" for p in files]
         frame = pl.concat(
@@ -463,6 +467,9 @@ class EventLog:
             frame = self._timestamps(frame, where)
         if S.DWELL in frame.columns:
             frame = parse_dwell(frame.rename({S.DWELL: "dwell_raw"}), "dwell_raw", where)
+        if keys:
+            frame = frame.with_columns(item_ids(frame[k]).alias(SOURCE + k)
+                                       for k in (USER, S.SESSION) if k in frame.columns)
         frame = self._sessions(frame)
         log.info("%s: %d sessions, %d events from %d file(s) at %s", self.name,
                  frame[S.SESSION].n_unique(), frame.height, len(files), self.path)
@@ -473,6 +480,7 @@ class EventLog:
             *(pl.col(c).cast(t) if c in frame.columns else pl.lit(None, dtype=t).alias(c)
               for c, t in ((S.ACTIVITY, pl.String), (S.DWELL, pl.Float64), (S.TS, pl.Int64),
                            (S.CATEGORY, pl.String))),
+            pl.col(f"^{SOURCE}.*$"),
         )
 
     def _activities(self, frame: pl.DataFrame, where) -> pl.DataFrame:

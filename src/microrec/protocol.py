@@ -277,10 +277,13 @@ def encode_activities(events: pl.DataFrame, names: list[str]) -> pl.DataFrame:
     """The columns the protocol reads, activities as codes into `names` (column `act`).
 
     Codes right away: 40M activity strings are the largest column of a paper-size table.
+    A name outside `names` (new data under a fitted vocabulary) gets a null code, as a
+    missing activity does.
     """
     return events.select(
         S.SESSION, S.POS, S.ITEM, S.DWELL, S.TS,
-        pl.col(S.ACTIVITY).cast(pl.String).cast(pl.Enum(names)).to_physical().alias("act"),
+        pl.col(S.ACTIVITY).cast(pl.String).cast(pl.Enum(names), strict=False).to_physical()
+        .alias("act"),
     )
 
 
@@ -400,3 +403,37 @@ def _examples(macros: pl.DataFrame, tokens: np.ndarray, train: bool,
         position=examples[S.MACRO].to_numpy().astype(np.int64) + 1,  # the target's macro
         session_end=session_end.astype(np.int64),
     )
+
+
+def encode_sessions(events: pl.DataFrame, prepared: Prepared
+                    ) -> tuple[SplitArrays, np.ndarray, pl.Series]:
+    """New sessions as model inputs under a run's fitted vocabularies and dwell edges.
+
+    The stages of `prepare` without the session filter and split: macro interactions,
+    dwell (given, else derived from timestamps), each product's id in the training
+    vocabulary (UNK outside it, as in the test split), activity ids and dwell buckets on the
+    fitted edges. Each whole session is one example, its input every micro-behavior (the
+    data module keeps the most recent max_len), its target unknown (PAD).
+
+    Returns the examples (sessions in ascending id order), the (S,) session ids in that
+    order, and the distinct products outside the vocabulary.
+    """
+    names = prepared.activities
+    events = macro_interactions(encode_activities(events, names))
+    vocab = pl.DataFrame({S.ITEM: prepared.items}).with_row_index("item_id",
+                                                                  offset=S.NUM_SPECIAL)
+    if vocab.schema[S.ITEM] != events.schema[S.ITEM]:
+        # integer-looking ids read as int64 on one side, strings on the other: compare as text
+        vocab = vocab.with_columns(pl.col(S.ITEM).cast(pl.String))
+        events = events.with_columns(pl.col(S.ITEM).cast(pl.String))
+    macros = label_macros(macro_table(events), vocab, prepared.bucket_edges)
+    act = events["act"].fill_null(len(names)).to_numpy().astype(np.int64)  # null -> extra code
+    tokens = event_tokens(macros, events[GMACRO].to_numpy(),
+                          activity_ids(act, list(range(len(names))), len(names)))  # (E, 3)
+    new_session = (pl.col(S.SESSION) != pl.col(S.SESSION).shift(1)).fill_null(True)
+    first = events.select(pl.arg_where(new_session)).to_series().to_numpy().astype(np.int64)
+    end = np.append(first[1:], events.height).astype(np.int64)  # (S,)
+    arrays = SplitArrays(tokens=tokens, first=first, end=end,
+                         target=np.full(first.size, S.PAD, dtype=np.int64), session_end=end)
+    unknown = macros.filter(pl.col("item_id") == S.UNK)[S.ITEM].unique()
+    return arrays, events[S.SESSION].to_numpy()[first], unknown
