@@ -3,6 +3,7 @@ as the model ranks for the same inputs in evaluation."""
 
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -11,9 +12,11 @@ import torch
 from conftest import ROOT, TINY, compose_cfg
 from omegaconf import OmegaConf
 
+from microrec import predictions
 from microrec import schema as S
 from microrec.errors import ConfigError, DataError
 from microrec.loaders import EventLog, JDSessions, write_jd_sessions
+from microrec.models.base import top_items
 from microrec.protocol import split_events
 from microrec.recommend import RANK, SCORE, load_run, recommend, session_keys
 from microrec.runs import CONFIG
@@ -49,15 +52,17 @@ def cut_before_last_product(events: pl.DataFrame) -> pl.DataFrame:
 
 
 def reference(cfg, top: int = TOP) -> tuple[list[list], np.ndarray]:
-    """Each test example's top products (source ids) and scores, as evaluation ranks them."""
+    """Each test example's top products (source ids) and scores, as evaluation ranks them
+    (the ties in id order, as predictions.parquet lists them)."""
     model, dm = load_run(cfg.run_dir)
     data = dm.dataset("test")
     ids, scores = [], []
     with torch.no_grad():
         for idx in torch.arange(len(data)).split(dm.eval_batch_size):
-            values, best = model.ranked(data[idx]).topk(top, dim=1)  # (B, top)
+            ranked = model.ranked(data[idx])  # (B, n_items)
+            best = top_items(ranked, top)  # (B, top), equal scores in id order
             ids.append(best)
-            scores.append(values)
+            scores.append(ranked.gather(1, best))
     items = np.array(dm.prepared.items, dtype=object)
     ids = torch.cat(ids).numpy()
     return [list(row) for row in items[ids - S.NUM_SPECIAL]], torch.cat(scores).numpy()
@@ -99,8 +104,10 @@ def test_rib_recommends_what_evaluation_ranks_for_the_test_examples(jd):
     assert summary["sessions"] == len(ids) == len(expected_ids) == cut[S.SESSION].n_unique()
     assert ids == expected_ids
     assert np.allclose(scores, expected_scores, rtol=1e-5, atol=1e-6)
-    # Once runs write predictions.parquet (issue 10 part 1), its test rows are these examples
-    # in order: check their top-20 column against `ids` here too.
+    # the run's predictions.parquet holds these examples (last targets, sessions in order)
+    # with the same top-20 lists
+    written = predictions.read(Path(cfg.run_dir) / predictions.PREDICTIONS_FILE)
+    assert written["top"].to_list() == ids
 
 
 def test_chunks_smaller_than_the_input_give_the_same_table(jd):
@@ -203,6 +210,8 @@ def test_a_baseline_on_an_event_log_names_sessions_as_the_file_does(tmp_path, mo
     ids, scores = lists(recs)
     assert ids == expected_ids
     assert np.array_equal(scores, expected_scores)
+    written = predictions.read(Path(cfg.run_dir) / predictions.PREDICTIONS_FILE)
+    assert written["top"].to_list() == ids  # equal scores abound here: the same tie order
 
 
 def test_session_keys_are_the_logs_own(tmp_path):

@@ -433,7 +433,13 @@ def encode_sessions(events: pl.DataFrame, prepared: Prepared
     new_session = (pl.col(S.SESSION) != pl.col(S.SESSION).shift(1)).fill_null(True)
     first = events.select(pl.arg_where(new_session)).to_series().to_numpy().astype(np.int64)
     end = np.append(first[1:], events.height).astype(np.int64)  # (S,)
+    sessions = events[S.SESSION].to_numpy()[first]  # (S,)
+    n_macros = np.diff(np.append(np.searchsorted(macros[S.SESSION].to_numpy(), sessions),
+                                 macros.height))  # (S,) macros are in session order
     arrays = SplitArrays(tokens=tokens, first=first, end=end,
-                         target=np.full(first.size, S.PAD, dtype=np.int64), session_end=end)
+                         target=np.full(first.size, S.PAD, dtype=np.int64),
+                         session=sessions.astype(np.int64),
+                         position=n_macros.astype(np.int64),  # the next macro's index
+                         session_end=end)
     unknown = macros.filter(pl.col("item_id") == S.UNK)[S.ITEM].unique()
-    return arrays, events[S.SESSION].to_numpy()[first], unknown
+    return arrays, sessions, unknown

@@ -29,6 +29,7 @@ from microrec.errors import ConfigError, DataError
 from microrec.files import atomic_write
 from microrec.loaders import SOURCE, USER, EventLog
 from microrec.models.base import Recommender
+from microrec.models.base import top_items as best_ids
 from microrec.protocol import Prepared, encode_sessions
 from microrec.runs import CONFIG, find_checkpoints, run_folder
 
@@ -119,9 +120,10 @@ def session_keys(chunk: pl.DataFrame, sessions: np.ndarray) -> pl.DataFrame:
 
 
 def top_items(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, k) best scores and their ids, best first (ties: torch.topk's order)."""
-    values, ids = scores.topk(min(k, scores.size(1)), dim=1)  # (B, k), (B, k)
-    return values, ids
+    """(B, k) best scores and their ids, best first, ties in id order as in the run's
+    predictions.parquet (`models.base.top_items`)."""
+    ids = best_ids(scores, k)  # (B, k)
+    return scores.gather(1, ids), ids
 
 
 @torch.no_grad()
