@@ -11,6 +11,7 @@ import polars as pl
 import pytest
 import torch
 from conftest import TINY, compose_cfg
+from omegaconf import OmegaConf
 from test_baselines import batch, scores_by_name
 
 from microrec.data import MicroDataModule
@@ -23,6 +24,7 @@ from microrec.models.vsknn import VSKNN
 from microrec.schema import NUM_SPECIAL, UNK
 from microrec.sources import FrameSource
 from microrec.synthetic import SyntheticSource
+from microrec.table import MODEL_ORDER, row_of
 from microrec.training import train
 
 NEG = float("-inf")
@@ -252,3 +254,11 @@ def test_a_knn_model_goes_through_train_and_reloads_identically(name, tmp_path, 
     again = test.compute()
     assert again["recall@20"].item() == pytest.approx(metrics["test/recall@20"])
     assert again["mrr@20"].item() == pytest.approx(metrics["test/mrr@20"])
+
+
+def test_the_results_table_names_the_peers_after_the_papers_baselines():
+    names = {"repeat": "Repeat", "sknn": "S-KNN", "vsknn": "V-SKNN", "stan": "STAN"}
+    for model, name in names.items():
+        assert row_of(OmegaConf.create({"model": model})) == ("sku", name)
+    assert MODEL_ORDER.index("Word2vec Avg") < MODEL_ORDER.index("Repeat")
+    assert MODEL_ORDER[-6:] == [*names.values(), "RIB w/o attention", "RIB"]
