@@ -40,13 +40,9 @@ class Pairs:
     """(input, training session) pairs sharing a product, sorted by input then session."""
 
     ptr: np.ndarray  # (B + 1,) each input's first pair
+    row: np.ndarray  # (P,) input
     session: np.ndarray  # (P,) session index (higher = more recent where sessions have time)
     weight: np.ndarray  # (P,) sum of the query weights of the products the two share
-
-    @property
-    def row(self) -> np.ndarray:
-        """(P,) the input of each pair."""
-        return np.repeat(np.arange(self.ptr.size - 1), np.diff(self.ptr))
 
 
 @dataclass
@@ -175,12 +171,13 @@ class SessionKNN(FitFromData):
         be sampled is lost.
         """
         self._ptr = self.session_ptr.cpu().numpy()  # (S + 1,)
+        self._size = np.diff(self._ptr)  # (S,) distinct products of each session
         self._item = self.session_item.cpu().numpy()  # (M,)
         self._pos = self.session_pos.cpu().numpy()  # (M,)
         self._time = self.session_time.cpu().numpy()  # (S,) or (0,)
         self.timed = self._time.size > 0
         n_items, n_sessions = self.hparams.n_items, self._ptr.size - 1
-        session = np.repeat(np.arange(n_sessions), np.diff(self._ptr))  # (M,)
+        session = np.repeat(np.arange(n_sessions, dtype=np.int32), self._size)  # (M,)
         by_item = np.argsort(self._item, kind="stable")  # (M,) oldest session first per product
         count = np.bincount(self._item, minlength=n_items)  # (N,)
         end = np.cumsum(count)  # (N,)
@@ -222,30 +219,39 @@ class SessionKNN(FitFromData):
                                shape=(B, self.hparams.n_items))  # (B, N)
         shared = inputs @ self._index  # (B, S) summed weights of the shared products
         shared.sort_indices()  # oldest session first in each row
-        pairs = Pairs(ptr=shared.indptr.astype(np.int64), session=shared.indices.astype(np.int64),
-                      weight=shared.data)
+        ptr, session, weight = shared.indptr, shared.indices, shared.data
+        count = np.diff(ptr)  # (B,)
         limit = self.hparams.sample_size
-        if not self.timed or limit is None:
-            return pairs
-        keep = pairs.ptr[1:][pairs.row] - np.arange(pairs.session.size) <= limit  # the newest
-        ptr = np.concatenate([[0], np.cumsum(np.minimum(np.diff(pairs.ptr), limit))])
-        return Pairs(ptr=ptr, session=pairs.session[keep], weight=pairs.weight[keep])
+        if self.timed and limit is not None and (count > limit).any():
+            row = np.repeat(np.arange(B), count)  # (P,)
+            keep = ptr[1:][row] - np.arange(row.size) <= limit  # the newest of each input
+            count = np.minimum(count, limit)
+            ptr, session, weight = np.concatenate([[0], np.cumsum(count)]), session[keep], \
+                weight[keep]
+        return Pairs(ptr=ptr, row=np.repeat(np.arange(B), count), session=session,
+                     weight=weight)
 
     def nearest(self, query: Query, pairs: Pairs, sim: np.ndarray) -> Neighbours:
         """Each input's `k` most similar pairs (equal ones: newest first) and their products."""
-        row = pairs.row  # (P,)
-        order = np.lexsort((-pairs.session, -sim, row))  # by input, most similar first
-        rank = np.arange(order.size) - pairs.ptr[row[order]]  # (P,) place inside its input
-        near = order[rank < self.hparams.k]  # (K,)
-        session = pairs.session[near]
-        start, count = self._ptr[session], self._ptr[session + 1] - self._ptr[session]  # (K,)
+        k = self.hparams.k
+        count = np.diff(pairs.ptr)  # (B,)
+        kth = np.full(count.size, -np.inf)  # (B,) each input's k-th largest similarity
+        for r in np.flatnonzero(count > k):  # a linear-time partition per input, where
+            part = sim[pairs.ptr[r]:pairs.ptr[r + 1]]  # sorting every pair costs far more
+            kth[r] = np.partition(part, part.size - k)[part.size - k]
+        best = np.flatnonzero(sim >= kth[pairs.row])  # the k best, and any tied with the k-th
+        best = best[np.lexsort((-pairs.session[best], -sim[best], pairs.row[best]))]  # by
+        row = pairs.row[best]  # input, most similar first
+        near = best[np.arange(best.size) - np.searchsorted(row, row) < k]  # (K,)
+        session, row = pairs.session[near], pairs.row[near]
+        start, count = self._ptr[session], self._size[session]  # (K,)
         owner, entry = expand(start, count)  # (X,)
         # where each product sits in its input: looked up among the input's sorted keys
         n_items = self.hparams.n_items
         keys = query.row * n_items + query.item  # (Q,) sorted
-        key = row[near][owner] * n_items + self._item[entry]  # (X,)
+        key = row[owner] * n_items + self._item[entry]  # (X,)
         at = np.searchsorted(keys, key).clip(max=keys.size - 1)  # (X,); no X without keys
-        return Neighbours(row=row[near], session=session, sim=sim[near],
+        return Neighbours(row=row, session=session, sim=sim[near],
                           first=np.cumsum(count) - count, owner=owner, entry=entry,
                           input_pos=np.where(keys[at] == key, query.pos[at], 0))
 
@@ -256,8 +262,7 @@ class SessionKNN(FitFromData):
 
     def similarity(self, query: Query, weight: np.ndarray, pairs: Pairs) -> np.ndarray:
         """(P,) float64 similarity that picks the neighbours: cosine of the two sets."""
-        size = self._ptr[pairs.session + 1] - self._ptr[pairs.session]  # (P,)
-        return pairs.weight / np.sqrt(query.distinct[pairs.row] * size)
+        return pairs.weight / np.sqrt(query.distinct[pairs.row] * self._size[pairs.session])
 
     def item_weights(self, query: Query, near: Neighbours) -> np.ndarray | float:
         """Factor on its neighbour's similarity for each neighbour product (X,): S-KNN

@@ -66,8 +66,7 @@ class STAN(SessionKNN):
 
     def similarity(self, query: Query, weight: np.ndarray, pairs: Pairs) -> np.ndarray:
         norm = np.sqrt(np.bincount(query.row, weight ** 2, minlength=query.visits.size))  # (B,)
-        size = self._ptr[pairs.session + 1] - self._ptr[pairs.session]  # (P,)
-        sim = pairs.weight / (norm[pairs.row] * np.sqrt(size))  # (P,)
+        sim = pairs.weight / (norm[pairs.row] * np.sqrt(self._size[pairs.session]))  # (P,)
         if self.hparams.lambda2 is None or not self.timed or not sim.size:
             return sim
         time = self._time[pairs.session]  # (P,)

@@ -18,13 +18,8 @@ class VSKNN(SessionKNN):
     d(n) = 1 + the number of visits in s after the last visit to a product n shares
     (weighting_score='div': 1 for a neighbour that holds the input's last product).
     Candidates, recency sampling (`sample_size`, session-rec's default 1000), ties and
-    checkpoints as `SessionKNN`; no score normalisation (ranks do not change).
-
-    Args:
-        n_items: product vocabulary size (from the data).
-        n_activities, n_dwell: not used; every model is built with the data's three sizes.
-        k: neighbours per input.
-        sample_size: most recent candidate sessions compared per input; null for all of them.
+    checkpoints as `SessionKNN`, and so are the arguments; no score normalisation (ranks do
+    not change).
     """
 
     name = "vsknn"
