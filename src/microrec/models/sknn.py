@@ -225,9 +225,9 @@ class SessionKNN(FitFromData):
         if self.timed and limit is not None and (count > limit).any():
             row = np.repeat(np.arange(B), count)  # (P,)
             keep = ptr[1:][row] - np.arange(row.size) <= limit  # the newest of each input
+            session, weight = session[keep], weight[keep]
             count = np.minimum(count, limit)
-            ptr, session, weight = np.concatenate([[0], np.cumsum(count)]), session[keep], \
-                weight[keep]
+            ptr = np.concatenate([[0], np.cumsum(count)])
         return Pairs(ptr=ptr, row=np.repeat(np.arange(B), count), session=session,
                      weight=weight)
 
