@@ -212,6 +212,14 @@ def test_stan_skips_the_recency_decay_without_timestamps(tmp_path, caplog):
     assert torch.allclose(model(query), plain(query))
 
 
+@pytest.mark.parametrize("cls", [SessionKNN, VSKNN, STAN])
+def test_an_input_of_unknown_products_has_no_neighbours(cls, tmp_path):
+    dm, ids = training_data(STAN_SESSIONS, tmp_path, days=STAN_DAYS)
+    scores = fitted(cls, dm)(batch([UNK, UNK], [ids["c"]]))  # (2, N)
+    assert torch.all(scores[0, NUM_SPECIAL:] == 0)
+    assert scores[1, ids["d"]] > 0  # the other input in the batch still gets its neighbours
+
+
 def test_knn_settings_that_cannot_work_are_refused():
     with pytest.raises(ConfigError, match="k >= 1"):
         SessionKNN(10, k=0)
