@@ -39,6 +39,8 @@ class SplitArrays:
     end:    (N,) int64 row after the example's last input token.
     target: (N,) int64 id of the next product (UNK when not in the training vocabulary).
     session_end: (S,) int64 row after each session's last token (for word2vec corpora).
+    session_time: (S,) float64 start time in seconds of each session's last macro
+        interaction, NaN where the source has no timestamp (for session-kNN recency).
     """
 
     tokens: np.ndarray
@@ -46,6 +48,7 @@ class SplitArrays:
     end: np.ndarray
     target: np.ndarray
     session_end: np.ndarray
+    session_time: np.ndarray
 
 
 @dataclass
@@ -373,7 +376,7 @@ def _examples(macros: pl.DataFrame, tokens: np.ndarray, train: bool,
     """
     size = macros["size"].to_numpy()
     end = np.cumsum(size)  # row after each macro interaction's last token
-    per_macro = macros.select(S.SESSION, S.MACRO, "item_id").with_columns(
+    per_macro = macros.select(S.SESSION, S.MACRO, "item_id", S.TS).with_columns(
         pl.Series("start", end - size), pl.Series("end", end),
     )
     same_session = pl.col(S.SESSION).shift(-1) == pl.col(S.SESSION)
@@ -385,7 +388,9 @@ def _examples(macros: pl.DataFrame, tokens: np.ndarray, train: bool,
         last_in_session.alias("last"),
         last_in_session.shift(-1).fill_null(False).alias("target_is_last"),
     )
-    session_end = per_macro.filter(pl.col("last"))["end"].to_numpy()
+    last_macros = per_macro.filter(pl.col("last"))
+    session_end = last_macros["end"].to_numpy()
+    session_time = last_macros[S.TS].cast(pl.Float64).fill_null(float("nan")).to_numpy()
     examples = per_macro.filter(pl.col("target").is_not_null())
     if not train and eval_targets == "last":
         examples = examples.filter(pl.col("target_is_last"))
@@ -395,6 +400,7 @@ def _examples(macros: pl.DataFrame, tokens: np.ndarray, train: bool,
         end=examples["end"].to_numpy().astype(np.int64),
         target=examples["target"].to_numpy().astype(np.int64),
         session_end=session_end.astype(np.int64),
+        session_time=session_time.astype(np.float64),
     )
 
 
