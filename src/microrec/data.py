@@ -37,7 +37,7 @@ except ImportError:  # Windows: no lock; concurrent builders still each write a 
     fcntl = None
 
 log = logging.getLogger(__name__)
-CACHE_FORMAT = 2  # layout of the processed-data cache file; bump when it changes
+CACHE_FORMAT = 3  # layout of the processed-data cache file; bump when it changes
 N_DWELL = N_BUCKETS + S.NUM_SPECIAL
 # The splits each trainer stage serves: a training run also tests its chosen checkpoint
 # afterwards (DESIGN.md), so an empty test split stops it before training, not after.
@@ -440,7 +440,8 @@ def _consistent(a: SplitArrays, bounds: np.ndarray) -> bool:
     if (a.tokens.dtype != np.int32 or a.tokens.ndim != 2 or a.tokens.shape[1] != 3
             or any(x.dtype != np.int64 or x.ndim != 1 for x in offsets)
             or not a.first.shape == a.end.shape == a.target.shape == a.session.shape
-            == a.position.shape):
+            == a.position.shape
+            or a.session_time.dtype != np.float64 or a.session_time.shape != a.session_end.shape):
         return False
     n_tokens = a.tokens.shape[0]
     if n_tokens == 0:  # a split given no sessions (a zero fraction)

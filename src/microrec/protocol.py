@@ -42,6 +42,8 @@ class SplitArrays:
     position: (N,) int64 the target's macro interaction index in its session (from 0), so
         (session, position) names an example independently of how the data was split.
     session_end: (S,) int64 row after each session's last token (for word2vec corpora).
+    session_time: (S,) float64 start time in seconds of each session's last macro
+        interaction, NaN where the source has no timestamp (for session-kNN recency).
     """
 
     tokens: np.ndarray
@@ -51,6 +53,7 @@ class SplitArrays:
     session: np.ndarray
     position: np.ndarray
     session_end: np.ndarray
+    session_time: np.ndarray
 
 
 @dataclass
@@ -378,7 +381,7 @@ def _examples(macros: pl.DataFrame, tokens: np.ndarray, train: bool,
     """
     size = macros["size"].to_numpy()
     end = np.cumsum(size)  # row after each macro interaction's last token
-    per_macro = macros.select(S.SESSION, S.MACRO, "item_id").with_columns(
+    per_macro = macros.select(S.SESSION, S.MACRO, "item_id", S.TS).with_columns(
         pl.Series("start", end - size), pl.Series("end", end),
     )
     same_session = pl.col(S.SESSION).shift(-1) == pl.col(S.SESSION)
@@ -390,7 +393,9 @@ def _examples(macros: pl.DataFrame, tokens: np.ndarray, train: bool,
         last_in_session.alias("last"),
         last_in_session.shift(-1).fill_null(False).alias("target_is_last"),
     )
-    session_end = per_macro.filter(pl.col("last"))["end"].to_numpy()
+    last_macros = per_macro.filter(pl.col("last"))
+    session_end = last_macros["end"].to_numpy()
+    session_time = last_macros[S.TS].cast(pl.Float64).fill_null(float("nan")).to_numpy()
     examples = per_macro.filter(pl.col("target").is_not_null())
     if not train and eval_targets == "last":
         examples = examples.filter(pl.col("target_is_last"))
@@ -402,6 +407,7 @@ def _examples(macros: pl.DataFrame, tokens: np.ndarray, train: bool,
         session=examples[S.SESSION].to_numpy().astype(np.int64),
         position=examples[S.MACRO].to_numpy().astype(np.int64) + 1,  # the target's macro
         session_end=session_end.astype(np.int64),
+        session_time=session_time.astype(np.float64),
     )
 
 
@@ -434,12 +440,14 @@ def encode_sessions(events: pl.DataFrame, prepared: Prepared
     first = events.select(pl.arg_where(new_session)).to_series().to_numpy().astype(np.int64)
     end = np.append(first[1:], events.height).astype(np.int64)  # (S,)
     sessions = events[S.SESSION].to_numpy()[first]  # (S,)
-    n_macros = np.diff(np.append(np.searchsorted(macros[S.SESSION].to_numpy(), sessions),
-                                 macros.height))  # (S,) macros are in session order
+    starts = np.searchsorted(macros[S.SESSION].to_numpy(), sessions)  # (S,) in session order
+    n_macros = np.diff(np.append(starts, macros.height))  # (S,)
+    last_time = macros[S.TS].cast(pl.Float64).fill_null(float("nan")).to_numpy()[
+        starts + n_macros - 1]  # (S,) as SplitArrays.session_time
     arrays = SplitArrays(tokens=tokens, first=first, end=end,
                          target=np.full(first.size, S.PAD, dtype=np.int64),
                          session=sessions.astype(np.int64),
                          position=n_macros.astype(np.int64),  # the next macro's index
-                         session_end=end)
+                         session_end=end, session_time=last_time.astype(np.float64))
     unknown = macros.filter(pl.col("item_id") == S.UNK)[S.ITEM].unique()
     return arrays, sessions, unknown

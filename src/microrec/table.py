@@ -27,8 +27,10 @@ from microrec.runs import CONFIG, HYDRA, METRICS_FILE, job_folders, wandb_group
 from microrec.schema import FEATURE_LABELS
 
 METRICS = {"test/recall@20": "Recall@20", "test/mrr@20": "MRR@20"}
+# The paper's baselines, then the session-based peers fitted from data (issue 11)
 BASELINES = {"pop": "POP", "bpr_mf": "BPR-MF", "item_knn": "Item-KNN", "word2vec": "Word2vec",
-             "word2vec_avg": "Word2vec Avg"}
+             "word2vec_avg": "Word2vec Avg", "repeat": "Repeat", "sknn": "S-KNN",
+             "vsknn": "V-SKNN", "stan": "STAN"}
 MODEL_ORDER = [*BASELINES.values(), "RIB w/o attention", "RIB"]
 
 

@@ -1,0 +1,272 @@
+"""Repeat and the session-kNN peers (S-KNN, V-SKNN, STAN) on sessions where the right scores
+are worked out by hand, S-KNN against a dense computation, and each through a real run."""
+
+import json
+import logging
+import math
+
+import hydra
+import numpy as np
+import polars as pl
+import pytest
+import torch
+from conftest import TINY, compose_cfg
+from omegaconf import OmegaConf
+from test_baselines import batch, scores_by_name
+
+from microrec.data import MicroDataModule
+from microrec.errors import ConfigError
+from microrec.metrics import KS, RankingMetrics, target_rank
+from microrec.models.repeat import Repeat
+from microrec.models.sknn import SessionKNN
+from microrec.models.stan import STAN
+from microrec.models.vsknn import VSKNN
+from microrec.schema import NUM_SPECIAL, UNK
+from microrec.sources import FrameSource
+from microrec.synthetic import SyntheticSource
+from microrec.table import MODEL_ORDER, row_of
+from microrec.training import train
+
+NEG = float("-inf")
+DAY = 24 * 3600
+e = math.exp
+
+
+def training_data(sessions: list[str], tmp_path, days: list[int] | None = None):
+    """A data module whose training split is `sessions` (one letter per micro-behavior),
+    each at its day where `days` is given (no timestamps otherwise), and the products' ids."""
+    rows = [(s, pos, item, None if days is None else days[s] * DAY)
+            for s, text in enumerate(sessions) for pos, item in enumerate(text)]
+    events = pl.DataFrame(rows, schema={"session": pl.Int64, "pos": pl.Int32,
+                                        "item": pl.String, "ts": pl.Int64}, orient="row")
+    dm = MicroDataModule(FrameSource(events), features="sku", split=(1.0, 0.0, 0.0),
+                         cache_dir=str(tmp_path))
+    dm.setup()
+    return dm, {name: i + NUM_SPECIAL for i, name in enumerate(dm.prepared.items)}
+
+
+def fitted(cls, dm, **kwargs):
+    model = cls(dm.n_items, **kwargs)
+    model.fit(dm)
+    return model
+
+
+# -- Repeat -------------------------------------------------------------------------------------
+def test_repeat_ranks_earlier_products_most_recent_first():
+    a, b, c, d = range(NUM_SPECIAL, NUM_SPECIAL + 4)
+    model = Repeat(NUM_SPECIAL + 5)
+    # visits a, b, a (a new visit after the unknown product), c; the last one is c
+    scores = model.ranked(batch([a, a, b, UNK, a, c]))[0]
+    assert scores[NUM_SPECIAL:].tolist() == [3, 2, NEG, 0, 0]
+    ranks = target_rank(scores[None].expand(3, -1), torch.tensor([a, b, d]))
+    assert ranks.tolist() == [1, 2, 4]  # d ties with every other unscored product
+
+
+def test_repeat_metrics_follow_from_the_inputs_alone(tmp_path):
+    """Recall and MRR recomputed by reading each input as a list, with no model."""
+    dm = MicroDataModule(SyntheticSource(n_sessions=300, n_items=60, n_categories=6),
+                         features="sku", cache_dir=str(tmp_path))
+    dm.setup()
+    examples = dm.dataset("train")
+    b = examples[list(range(len(examples)))]
+    hits, rr = np.zeros(len(KS)), np.zeros(len(KS))
+    for items, length, target in zip(b["item"], b["length"], b["target"], strict=True):
+        seq = [i for i in items[:length].tolist() if i >= NUM_SPECIAL]
+        earlier = list(dict.fromkeys(reversed(seq)))[1:]  # most recent first, last left out
+        if target.item() in earlier:
+            rank = earlier.index(target.item()) + 1
+            hits += [rank <= k for k in KS]
+            rr += [1 / rank if rank <= k else 0 for k in KS]
+    assert hits[-1] > 0.3 * len(examples)  # repeats are common in the synthetic sessions
+    metrics = RankingMetrics()
+    metrics.update(Repeat(dm.n_items).ranked(b), b["target"])
+    got = metrics.compute()
+    for i, k in enumerate(KS):
+        assert got[f"recall@{k}"].item() == pytest.approx(hits[i] / len(examples))
+        assert got[f"mrr@{k}"].item() == pytest.approx(rr[i] / len(examples))
+
+
+# -- S-KNN --------------------------------------------------------------------------------------
+SESSIONS = ["abc", "aba", "acd", "bd", "ae"]
+
+
+def test_sknn_sums_the_cosine_of_the_k_nearest_sessions(tmp_path, caplog):
+    dm, ids = training_data(SESSIONS, tmp_path)
+    with caplog.at_level(logging.INFO):
+        model = fitted(SessionKNN, dm, k=3)
+    assert "no timestamps, so sample_size=1000 is not applied" in caplog.text
+    # input {a, b} (the unknown product left out); cosine to each session:
+    # abc 2/sqrt(6), aba 2/2, acd 1/sqrt(6), bd 1/2, ae 1/2; the third neighbour is a tie
+    # between bd and ae, broken towards the later session, ae
+    abc = 2 / math.sqrt(6)
+    expected = {"a": 1 + abc + 0.5, "b": 1 + abc, "c": abc, "d": 0, "e": 0.5}
+    got = scores_by_name(model(batch([ids["a"], UNK, ids["b"]]))[0], ids)
+    assert got == pytest.approx(expected)
+    expected["b"] = NEG  # the input's last product
+    assert scores_by_name(model.ranked(batch([ids["a"], ids["b"]]))[0], ids) == pytest.approx(
+        expected)
+
+
+def test_sknn_samples_the_most_recent_candidates_where_sessions_have_time(tmp_path):
+    dm, ids = training_data(["ab", "abc", "bd", "ce"], tmp_path, days=[0, 1, 2, 3])
+    query = batch([ids["a"], ids["b"]])
+    # candidates ab, abc, bd (ce shares nothing); the 2 most recent: abc and bd
+    abc = 2 / math.sqrt(6)
+    got = scores_by_name(fitted(SessionKNN, dm, k=2, sample_size=2)(query)[0], ids)
+    assert got == pytest.approx({"a": abc, "b": abc + 0.5, "c": abc, "d": 0.5, "e": 0})
+    # no sampling: the two most similar, ab (1) and abc
+    got = scores_by_name(fitted(SessionKNN, dm, k=2, sample_size=None)(query)[0], ids)
+    assert got == pytest.approx({"a": 1 + abc, "b": 1 + abc, "c": abc, "d": 0, "e": 0})
+
+
+def dense_sknn(train, n_items: int, item: torch.Tensor, length: torch.Tensor, k: int,
+               sample_size: int | None) -> np.ndarray:
+    """S-KNN written out session by session over a dense session x product matrix."""
+    sessions = np.split(train.tokens[:, 0], train.session_end[:-1])
+    contains = np.zeros((len(sessions), n_items))  # (S, N)
+    for s, products in enumerate(sessions):
+        contains[s, products] = 1
+    recency = np.empty(len(sessions))
+    recency[np.argsort(train.session_time, kind="stable")] = np.arange(len(sessions))
+    out = np.zeros((item.size(0), n_items))
+    for row in range(item.size(0)):
+        query = np.zeros(n_items)
+        query[[i for i in item[row, :length[row]].tolist() if i >= NUM_SPECIAL]] = 1
+        shared = contains @ query  # (S,)
+        candidates = np.flatnonzero(shared)
+        if sample_size is not None:
+            candidates = candidates[np.argsort(recency[candidates])[::-1][:sample_size]]
+        sim = shared[candidates] / np.sqrt(query.sum() * contains[candidates].sum(1))
+        near = np.lexsort((-recency[candidates], -sim))[:k]
+        out[row] = sim[near] @ contains[candidates[near]]
+    out[:, :NUM_SPECIAL] = NEG
+    return out
+
+
+@pytest.mark.parametrize("k, sample_size", [(10, None), (5, 20)])
+def test_sknn_matches_a_dense_computation(tmp_path, k, sample_size):
+    dm = MicroDataModule(SyntheticSource(n_sessions=400, n_items=60, n_categories=6),
+                         features="sku", cache_dir=str(tmp_path))
+    dm.setup()
+    train_split = dm.prepared.splits["train"]
+    assert np.isfinite(train_split.session_time).all()  # synthetic sessions have time
+    model = fitted(SessionKNN, dm, k=k, sample_size=sample_size)
+    for split in ("train", "test"):
+        examples = dm.dataset(split)
+        b = examples[list(range(min(len(examples), 400)))]
+        reference = dense_sknn(train_split, dm.n_items, b["item"], b["length"], k, sample_size)
+        assert np.allclose(model(b).numpy(), reference, rtol=1e-5, atol=1e-6)
+
+
+# -- V-SKNN -------------------------------------------------------------------------------------
+def test_vsknn_weights_recent_products_and_neighbours(tmp_path):
+    dm, ids = training_data(SESSIONS, tmp_path)
+    model = fitted(VSKNN, dm, k=3)
+    # input a c a b: 4 visits, weights a 3/4 (its last visit), c 2/4, b 4/4; 3 products.
+    # sim: abc (3/4 + 2/4 + 1) / 3 = 9/12, aba (3/4 + 1) / 3 = 7/12, acd (3/4 + 2/4) / 3 = 5/12,
+    # bd 4/12, ae 3/12: the neighbours are abc, aba and acd. abc and aba hold b, the last
+    # visit (divided by 1); acd's latest shared product is a, one visit back (divided by 2).
+    expected = {"a": 9 / 12 + 7 / 12 + 5 / 24, "b": 9 / 12 + 7 / 12, "c": 9 / 12 + 5 / 24,
+                "d": 5 / 24, "e": 0}
+    got = scores_by_name(model(batch([ids["a"], ids["c"], ids["a"], ids["b"]]))[0], ids)
+    assert got == pytest.approx(expected)
+
+
+# -- STAN ---------------------------------------------------------------------------------------
+STAN_SESSIONS, STAN_DAYS = ["xab", "bcab", "cd", "adx"], [0, 2, 3, 4]
+
+
+def test_stan_applies_its_three_decays(tmp_path):
+    dm, ids = training_data(STAN_SESSIONS, tmp_path, days=STAN_DAYS)
+    model = fitted(STAN, dm, k=2, sample_size=None, lambda1=1.0, lambda2=1.0, lambda3=1.0)
+    # input a b: weights a e^-1 (one visit back), b 1; |input| = sqrt(e^-2 + 1).
+    # cosine: xab and bcab (e^-1 + 1) / (|input| sqrt 3), adx e^-1 / (|input| sqrt 3); cd none.
+    # recency, from the newest candidate adx (day 4): xab e^-4, bcab e^-2, adx 1, so the two
+    # neighbours are adx and bcab.
+    norm = math.sqrt(e(-2) + 1) * math.sqrt(3)
+    bcab, adx = (e(-1) + 1) * e(-2) / norm, e(-1) / norm
+    # inside bcab (b1 c2 a3 b4) the latest shared product is b at 4: a 1 away, c 2, b 0;
+    # inside adx (a1 d2 x3) it is a at 1: d 1 away, x 2
+    expected = {"a": bcab * e(-1) + adx, "b": bcab, "c": bcab * e(-2), "d": adx * e(-1),
+                "x": adx * e(-2)}
+    query = batch([ids["a"], ids["b"]])
+    assert scores_by_name(model(query)[0], ids) == pytest.approx(expected)
+
+    # without the recency decay the neighbours are the two most similar: xab and bcab
+    # (x1 a2 b3: the latest shared product is b at 3)
+    plain = fitted(STAN, dm, k=2, sample_size=None, lambda1=1.0, lambda2=None, lambda3=1.0)
+    xab = bcab = (e(-1) + 1) / norm
+    expected = {"a": (xab + bcab) * e(-1), "b": xab + bcab, "c": bcab * e(-2), "d": 0,
+                "x": xab * e(-2)}
+    assert scores_by_name(plain(query)[0], ids) == pytest.approx(expected)
+
+
+def test_stan_skips_the_recency_decay_without_timestamps(tmp_path, caplog):
+    dm, ids = training_data(STAN_SESSIONS, tmp_path)
+    with caplog.at_level(logging.INFO):
+        model = fitted(STAN, dm, k=2, lambda1=1.0, lambda2=1.0, lambda3=1.0)
+    assert "recency decay (lambda2=1.0 days) is skipped" in caplog.text
+    timed, _ = training_data(STAN_SESSIONS, tmp_path / "timed", days=STAN_DAYS)
+    plain = fitted(STAN, timed, k=2, sample_size=None, lambda1=1.0, lambda2=None, lambda3=1.0)
+    query = batch([ids["a"], ids["b"]])
+    assert torch.allclose(model(query), plain(query))
+
+
+@pytest.mark.parametrize("cls", [SessionKNN, VSKNN, STAN])
+def test_an_input_of_unknown_products_has_no_neighbours(cls, tmp_path):
+    dm, ids = training_data(STAN_SESSIONS, tmp_path, days=STAN_DAYS)
+    scores = fitted(cls, dm)(batch([UNK, UNK], [ids["c"]]))  # (2, N)
+    assert torch.all(scores[0, NUM_SPECIAL:] == 0)
+    assert scores[1, ids["d"]] > 0  # the other input in the batch still gets its neighbours
+
+
+def test_knn_settings_that_cannot_work_are_refused():
+    with pytest.raises(ConfigError, match="k >= 1"):
+        SessionKNN(10, k=0)
+    with pytest.raises(ConfigError, match="sample_size >= k"):
+        VSKNN(10, k=100, sample_size=50)
+    with pytest.raises(ConfigError, match="lambda3 > 0 or null"):
+        STAN(10, lambda3=0)
+
+
+# -- through a real run -------------------------------------------------------------------------
+MODELS = {"repeat": Repeat, "sknn": SessionKNN, "vsknn": VSKNN, "stan": STAN}
+
+
+@pytest.fixture(scope="module")
+def shared_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_a_knn_model_goes_through_train_and_reloads_identically(name, tmp_path, shared_cache):
+    data = [o for o in TINY if not o.startswith("model.")]  # the tiny sizes are RIB's
+    cfg = compose_cfg(tmp_path, [*data, f"model={name}", f"cache_dir={shared_cache}"],
+                      tiny=False)
+    assert cfg.features.name == "sku" and "encoder" not in cfg and "attention" not in cfg
+    metrics = train(cfg)
+    assert json.loads((tmp_path / "metrics.json").read_text()) == metrics
+    assert metrics["epochs"] == 0 and 0 < metrics["test/recall@20"] <= 1
+
+    reloaded = MODELS[name].load_from_checkpoint(tmp_path / "checkpoints" / "best.ckpt")
+    dm = hydra.utils.instantiate(cfg.data)
+    dm.setup()
+    fresh = hydra.utils.instantiate(cfg.model, n_items=dm.n_items)
+    fresh.fit(dm)
+    test = RankingMetrics()
+    with torch.no_grad():
+        for b in dm.test_dataloader():
+            scores = reloaded.ranked(b)
+            assert torch.equal(scores, fresh.ranked(b))
+            test.update(scores, b["target"])
+    again = test.compute()
+    assert again["recall@20"].item() == pytest.approx(metrics["test/recall@20"])
+    assert again["mrr@20"].item() == pytest.approx(metrics["test/mrr@20"])
+
+
+def test_the_results_table_names_the_peers_after_the_papers_baselines():
+    names = {"repeat": "Repeat", "sknn": "S-KNN", "vsknn": "V-SKNN", "stan": "STAN"}
+    for model, name in names.items():
+        assert row_of(OmegaConf.create({"model": model})) == ("sku", name)
+    assert MODEL_ORDER.index("Word2vec Avg") < MODEL_ORDER.index("Repeat")
+    assert MODEL_ORDER[-6:] == [*names.values(), "RIB w/o attention", "RIB"]
