@@ -47,6 +47,10 @@ def write_predictions(run_dir: Path, model, dm, stages: list[str]) -> dict[str, 
     """Write the final evaluation's per-example results to predictions.parquet; return (and
     log) their repeat / new breakdown, e.g. `test/repeat/recall@20`."""
     prepared = dm.prepared
+    missing = [stage for stage in stages if stage not in model.predictions]
+    if missing:  # a developer's mistake, not a user's: say where to look
+        raise RuntimeError(f"{type(model).__name__} kept no per-example {missing} results: "
+                           "its validation_step / test_step must call Recommender.evaluate.")
     tables = {stage: predictions.frame(stage, model.predictions[stage],
                                        prepared.splits[stage], prepared.items)
               for stage in predictions.STAGES if stage in stages}
