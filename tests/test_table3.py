@@ -74,14 +74,14 @@ def test_table3_is_every_baseline_on_sku_and_rib_with_and_without_attention(hydr
     assert rows == ({(m, "sku", None) for m in BASELINES}
                     | {("rib", f, a) for f in FEATURES for a in ("on", "off")})
     assert len(set(labels)) == len(labels)
-    assert labels[:3] == ["table3=pop,seed=0", "table3=pop,seed=1", "table3=bpr_mf,seed=0"]
-    assert "table3=rib_noatt_sku_dwell,seed=1" in labels
+    assert labels[:3] == ["row=pop,seed=0", "row=pop,seed=1", "row=bpr_mf,seed=0"]
+    assert "row=rib_noatt_sku_dwell,seed=1" in labels
 
 
 def test_one_row_of_table3_can_be_run_alone():
-    jobs, _ = sweep_jobs(["experiment=table3", "table3=item_knn,rib_full"])
-    assert jobs == [["table3=item_knn", "experiment=table3"],
-                    ["table3=rib_full", "experiment=table3"]]
+    jobs, _ = sweep_jobs(["experiment=table3", "row=item_knn,rib_full"])
+    assert jobs == [["row=item_knn", "experiment=table3"],
+                    ["row=rib_full", "experiment=table3"]]
 
 
 def make_job(folder, name, data, model, seed, metrics=None, features="sku", attention=None,
@@ -123,11 +123,11 @@ def multiruns(tmp_path):
             ("rib", "full", "off", (0.16, 0.02), (0.16, 0.04))]
     for i, (model, features, attention, *per_seed) in enumerate(jobs):
         for seed, metrics in enumerate(per_seed):
-            make_job(synthetic, f"{2 * i + seed}_table3={model}{features or ''},seed={seed}",
+            make_job(synthetic, f"{2 * i + seed}_row={model}{features or ''},seed={seed}",
                      "synthetic", model, seed, metrics, features or "sku", attention)
-    make_job(synthetic, "8_table3=bpr_mf,seed=0", "synthetic", "bpr_mf", 0)  # failed
-    make_job(jd, "0_table3=pop", "jd_computers", "pop", 0, (0.20, 0.10))
-    make_job(jd, "1_table3=rib_full", "jd_computers", "rib", 0, (0.30, 0.15), "full", "on")
+    make_job(synthetic, "8_row=bpr_mf,seed=0", "synthetic", "bpr_mf", 0)  # failed
+    make_job(jd, "0_row=pop", "jd_computers", "pop", 0, (0.20, 0.10))
+    make_job(jd, "1_row=rib_full", "jd_computers", "rib", 0, (0.30, 0.15), "full", "on")
     return synthetic, jd
 
 
@@ -149,7 +149,7 @@ def test_results_lays_out_table3_with_seeds_gains_and_failed_jobs(multiruns):
     assert printed == written
     assert EXPECTED in written
     assert "mean ± sample standard deviation over 1 to 2 seeds" in written
-    assert f"failed or unfinished), not in the table:\n- {synthetic / '8_table3=bpr_mf,seed=0'}" \
+    assert f"failed or unfinished), not in the table:\n- {synthetic / '8_row=bpr_mf,seed=0'}" \
         in written
     with open(synthetic / "table3.csv") as f:
         rows = list(csv.DictReader(f))
@@ -243,12 +243,12 @@ def test_table3_sweep_end_to_end_with_two_rows_and_two_seeds(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
     env["HOME"] = str(tmp_path)  # keep W&B's settings files out of the real home
     done = subprocess.run(
-        [sys.executable, "src/train.py", "-m", "experiment=table3", "table3=pop,rib_noatt_sku",
+        [sys.executable, "src/train.py", "-m", "experiment=table3", "row=pop,rib_noatt_sku",
          "seed=0,1", *data, f"hydra.sweep.dir={sweep}", f"cache_dir={tmp_path / 'cache'}"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    names = ["table3=pop,seed=0", "table3=pop,seed=1", "table3=rib_noatt_sku,seed=0",
-             "table3=rib_noatt_sku,seed=1"]
+    names = ["row=pop,seed=0", "row=pop,seed=1", "row=rib_noatt_sku,seed=0",
+             "row=rib_noatt_sku,seed=1"]
     assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == [
         f"{i}_{n}" for i, n in enumerate(names)]
     pop_run = next((sweep / f"0_{names[0]}").glob("wandb/offline-run-*/run-*.wandb"))
@@ -368,7 +368,7 @@ def test_jobs_without_predictions_are_named_and_left_blank(paired_runs):
 
 def test_data_splits_sweep_like_seeds_with_their_own_folder_and_run_names(hydra_job,
                                                                           monkeypatch):
-    argv = ["experiment=table3", "table3=pop,rib_full", "data.seed=0,1", "seed=0,1"]
+    argv = ["experiment=table3", "row=pop,rib_full", "data.seed=0,1", "seed=0,1"]
     monkeypatch.setattr("sys.argv", ["src/train.py", "-m", *argv])
     jobs, params = sweep_jobs(argv)
     labels = []
@@ -378,4 +378,4 @@ def test_data_splits_sweep_like_seeds_with_their_own_folder_and_run_names(hydra_
         assert run_identity()["name"] == labels[-1]
         assert cfg.data.seed == int(labels[-1].split("data.seed=")[1][0])
     assert len(jobs) == 8 and len(set(labels)) == 8
-    assert labels[:2] == ["table3=pop,data.seed=0,seed=0", "table3=pop,data.seed=0,seed=1"]
+    assert labels[:2] == ["row=pop,data.seed=0,seed=0", "row=pop,data.seed=0,seed=1"]
