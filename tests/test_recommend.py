@@ -12,7 +12,7 @@ import torch
 from conftest import ROOT, TINY, compose_cfg
 from omegaconf import OmegaConf
 
-from microrec import predictions
+from microrec import loaders, predictions
 from microrec import schema as S
 from microrec.errors import ConfigError, DataError
 from microrec.loaders import EventLog, JDSessions, write_jd_sessions
@@ -110,11 +110,17 @@ def test_rib_recommends_what_evaluation_ranks_for_the_test_examples(jd):
     assert written["top"].to_list() == ids
 
 
-def test_chunks_smaller_than_the_input_give_the_same_table(jd):
+def test_chunks_and_blocks_smaller_than_the_input_give_the_same_table(jd, monkeypatch):
     cfg, root, _ = jd
     recommend(cfg.run_dir, str(root / "input.jd"), root / "one.parquet", chunk_size=10_000)
-    recommend(cfg.run_dir, str(root / "input.jd"), root / "many.parquet", chunk_size=7,
-              batch_size=5)  # chunks and batches that split the evaluation's batches
+    monkeypatch.setattr(loaders, "BLOCK_BYTES", 300)  # the file is read in many blocks
+    blocks = list(JDSessions(str(root / "input.jd")).blocks())
+    assert len(blocks) > 5 and sum(b.height for b in blocks) == \
+        JDSessions(str(root / "input.jd")).load().height
+    summary = recommend(cfg.run_dir, str(root / "input.jd"), root / "many.parquet",
+                        chunk_size=7, batch_size=5)  # chunks and batches that split the
+    # evaluation's batches, inside blocks that split the file
+    assert summary["sessions"] == pl.read_parquet(root / "one.parquet")[S.SESSION].n_unique()
     one, many = pl.read_parquet(root / "one.parquet"), pl.read_parquet(root / "many.parquet")
     assert many.height == one.height > 0
     assert many.drop(SCORE).equals(one.drop(SCORE))

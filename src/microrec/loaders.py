@@ -195,28 +195,35 @@ class JDSessions:
             self._fingerprint = content_hash([self._file()], {"loader": "jd"})
         return self._fingerprint
 
-    def load(self) -> pl.DataFrame:
-        blocks, n_blank = [], 0
+    def _parsed_blocks(self) -> Iterator[pl.DataFrame]:
+        """The file's tokens, validated, one block of whole lines at a time (sku a string)."""
+        n_blank = 0
         for lines in line_blocks(self._file(), BLOCK_BYTES):
             blank = pl.col("text").str.strip_chars() == ""
             n_blank += lines.select(blank.sum()).item()
-            blocks.append(self._parse(lines.filter(~blank)))
+            yield self._parse(lines.filter(~blank))
         if n_blank:
             log.info("%s: skipped %d blank line(s) of %s", self.name, n_blank, self.path)
+
+    def load(self) -> pl.DataFrame:
+        blocks = list(self._parsed_blocks())
         tokens = pl.concat(blocks, rechunk=False) if blocks else pl.DataFrame()
         if tokens.height == 0:
             raise DataError(f"{self.path}: the file holds no sessions.")
         log.info("%s: %d sessions, %d micro-behaviors from %s", self.name,
                  tokens[S.SESSION].n_unique(), tokens.height, self.path)
-        return tokens.select(
-            S.SESSION,
-            S.POS,
-            item_ids(tokens["sku"]).alias(S.ITEM),
-            S.ACTIVITY,
-            S.DWELL,
-            pl.lit(None, dtype=pl.Int64).alias(S.TS),
-            S.CATEGORY,
-        )
+        return _jd_canonical(tokens)
+
+    def blocks(self) -> Iterator[pl.DataFrame]:
+        """The canonical table a block of whole sessions at a time, so a file of any size is
+        read in bounded memory (products typed per block: int64 where all are integers)."""
+        empty = True
+        for tokens in self._parsed_blocks():
+            if tokens.height:
+                empty = False
+                yield _jd_canonical(tokens)
+        if empty:
+            raise DataError(f"{self.path}: the file holds no sessions.")
 
     def _parse(self, lines: pl.DataFrame) -> pl.DataFrame:
         """Non-blank (_line, text) lines -> one row per token, validated; sku still a string."""
@@ -252,6 +259,19 @@ class JDSessions:
             S.DWELL,
             pl.col("category").alias(S.CATEGORY),
         )
+
+
+def _jd_canonical(tokens: pl.DataFrame) -> pl.DataFrame:
+    """Parsed JD tokens as the canonical event table."""
+    return tokens.select(
+        S.SESSION,
+        S.POS,
+        item_ids(tokens["sku"]).alias(S.ITEM),
+        S.ACTIVITY,
+        S.DWELL,
+        pl.lit(None, dtype=pl.Int64).alias(S.TS),
+        S.CATEGORY,
+    )
 
 
 def write_jd_sessions(events: pl.DataFrame, path: Path,

@@ -5,14 +5,18 @@ The run's config rebuilds its data module (for the training vocabularies and dwe
 from its processed-data cache) and, with the path replaced, the loader that reads the new
 sessions. Each whole session is one query: its next product is recommended, ranked by
 `model.ranked` (the evaluation's rule). Sessions are encoded, scored and written a chunk at
-a time, so scoring memory is bounded by the chunk, not the input.
+a time; JD session files are also read a block of lines at a time, so memory is bounded by
+a block and a chunk, not by the input. An event log is read whole first (its sessions are
+only known once all its events are sorted), as training reads it.
 """
 
 from __future__ import annotations
 
 import copy
+import itertools
 import logging
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import hydra
@@ -20,7 +24,7 @@ import numpy as np
 import polars as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
-from rich.progress import track
+from rich.progress import MofNCompleteColumn, Progress
 
 from microrec import schema as S
 from microrec.config import build
@@ -91,16 +95,27 @@ def input_source(cfg, path: Path):
     return build(cfg.data.source)
 
 
-def read_sessions(source) -> pl.DataFrame:
+def validated(raw: pl.DataFrame, name: str) -> pl.DataFrame:
     """Canonical events sorted by session, with the file's session keys where the loader
     keeps them (`source_session`, `source_user`)."""
-    raw = source.load(keys=True) if isinstance(source, EventLog) else source.load()
     keys = [c for c in raw.columns if c.startswith(SOURCE)]
     # validation keeps rows in order, so the key columns can ride along
-    events = S.validate_events(raw.drop(keys), source.name).hstack(raw.select(keys))
+    events = S.validate_events(raw.drop(keys), name).hstack(raw.select(keys))
     if not events[S.SESSION].is_sorted():
         events = events.sort(S.SESSION, S.POS, maintain_order=True)
     return events
+
+
+def event_blocks(source) -> Iterator[pl.DataFrame]:
+    """The new sessions as canonical event tables of whole sessions: block by block where the
+    loader streams (JD session files: one line is one session), else the whole log at once
+    (an event log's sessions are only known once every event is read and sorted)."""
+    if hasattr(source, "blocks"):
+        for raw in source.blocks():
+            yield validated(raw, source.name)
+    else:
+        yield validated(source.load(keys=True) if isinstance(source, EventLog) else source.load(),
+                        source.name)
 
 
 def session_keys(chunk: pl.DataFrame, sessions: np.ndarray) -> pl.DataFrame:
@@ -184,32 +199,38 @@ def recommend(run: str, input_path: str, out: Path, top: int = 20, chunk_size: i
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     ckpt, cfg = run_config(run)
     source = input_source(cfg, Path(input_path))
-    events = read_sessions(source)  # bad input stops here, before the model is loaded
+    blocks = event_blocks(source)
+    first = next(blocks)  # a bad file usually stops here, before the model is loaded
     model, dm = load_model(ckpt, cfg, device)
     prepared: Prepared = dm.prepared
     batch_size = batch_size or dm.eval_batch_size
     items = pl.Series(S.ITEM, prepared.items)
-    n_sessions = events[S.SESSION].n_unique()
-    summary = {"sessions": n_sessions, "events": events.height, "unknown_product_events": 0,
+    summary = {"sessions": 0, "events": 0, "unknown_product_events": 0,
                "unknown_products": 0, "sessions_without_known_products": 0}
     unknown: set = set()
 
     def write(tmp):
-        with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as parts:
+        with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as parts, \
+                Progress(*Progress.get_default_columns(), MofNCompleteColumn()) as progress:
             files = []
-            steps = track(chunks(events, chunk_size), total=-(-n_sessions // chunk_size),
-                          description=f"recommending for {n_sessions:,} sessions")
-            for i, chunk in enumerate(steps):
-                arrays, sessions, unknown_here = encode_sessions(chunk, prepared)
-                known = arrays.tokens[:, 0] != S.UNK  # (E,)
-                summary["unknown_product_events"] += int((~known).sum())
-                summary["sessions_without_known_products"] += int(
-                    (np.add.reduceat(known.astype(np.int64), arrays.first) == 0).sum())
-                unknown.update(unknown_here.to_list())
-                ids, scores = score_chunk(model, arrays, dm.max_len, batch_size, top)
-                table = chunk_table(session_keys(chunk, sessions), ids, scores, items)
-                files.append(Path(parts) / f"{i:06d}.parquet")
-                table.write_parquet(files[-1])
+            task = progress.add_task("recommending", total=None)
+            for events in itertools.chain([first], blocks):
+                summary["sessions"] += events[S.SESSION].n_unique()
+                summary["events"] += events.height
+                for chunk in chunks(events, chunk_size):
+                    arrays, sessions, unknown_here = encode_sessions(chunk, prepared)
+                    known = arrays.tokens[:, 0] != S.UNK  # (E,)
+                    summary["unknown_product_events"] += int((~known).sum())
+                    summary["sessions_without_known_products"] += int(
+                        (np.add.reduceat(known.astype(np.int64), arrays.first) == 0).sum())
+                    unknown.update(unknown_here.to_list())
+                    ids, scores = score_chunk(model, arrays, dm.max_len, batch_size, top)
+                    table = chunk_table(session_keys(chunk, sessions), ids, scores, items)
+                    files.append(Path(parts) / f"{len(files):06d}.parquet")
+                    table.write_parquet(files[-1])
+                    progress.update(task, advance=len(sessions),
+                                    description=f"recommending ({summary['sessions']:,} "
+                                                "sessions read)")
             pl.scan_parquet(files).sink_parquet(tmp)  # streams: one chunk in memory at a time
 
     out.parent.mkdir(parents=True, exist_ok=True)
