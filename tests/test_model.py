@@ -161,3 +161,21 @@ def test_evaluation_ranks_the_inputs_last_product_last_and_nothing_else(dm):
     keep = torch.ones_like(ranked, dtype=torch.bool)
     keep[rows, last] = False
     assert torch.equal(ranked[keep], raw[keep])
+
+
+def test_checkpoints_from_before_the_shared_embedding_block_still_load(dm, tmp_path):
+    """Older RIB checkpoints name the tables item_emb/activity_emb/dwell_emb."""
+    model = rib(dm).eval()
+    trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    trainer.strategy.connect(model)
+    path = tmp_path / "old.ckpt"
+    trainer.save_checkpoint(path)
+    checkpoint = torch.load(path, weights_only=False)
+    state = checkpoint["state_dict"]
+    for channel in ("item", "activity", "dwell"):
+        state[f"{channel}_emb.weight"] = state.pop(f"embed.{channel}.weight")
+    torch.save(checkpoint, path)
+    reloaded = RIB.load_from_checkpoint(path).eval()
+    batch = dm.dataset("test")[list(range(20))]
+    with torch.no_grad():
+        assert torch.equal(model(batch), reloaded(batch))

@@ -2,6 +2,7 @@
 
 import itertools
 import json
+from functools import partial
 
 import pytest
 import pytorch_lightning as L
@@ -204,9 +205,9 @@ def test_a_peer_trains_end_to_end_through_train(tmp_path):
 
 @pytest.mark.slow
 def test_each_peer_beats_pop_by_a_wide_margin_on_synthetic_data(tmp_path):
-    """Planted sequential signal: every neural peer's validation MRR@20 is >= 1.5x POP's."""
-    dm = MicroDataModule(SyntheticSource(n_sessions=2000, n_items=150, n_categories=10),
-                         batch_size=64, eval_batch_size=512, eval_targets="all",
+    """Planted sequential signal: every neural peer's validation MRR@20 is over twice POP's."""
+    dm = MicroDataModule(SyntheticSource(n_sessions=1500, n_items=100, n_categories=10),
+                         batch_size=128, eval_batch_size=512, eval_targets="all",
                          cache_dir=str(tmp_path))
     dm.setup()
     sizes = (dm.n_items, dm.n_activities, dm.n_dwell)
@@ -214,11 +215,12 @@ def test_each_peer_beats_pop_by_a_wide_margin_on_synthetic_data(tmp_path):
     pop.fit(dm)
     trainer = L.Trainer(**QUIET)
     floor = trainer.validate(pop, datamodule=dm, verbose=False)[0]["val/mrr@20"]
-    peers = {name: cls(*sizes, features="full") for name, cls in MODELS.items()}
-    peers["gru4rec"] = RIB(*sizes, features="sku", attention=False, init="random")
-    for name, model in peers.items():
+    peers = {**{name: partial(cls, features="full") for name, cls in MODELS.items()},
+             "gru4rec": partial(RIB, features="sku", attention=False, init="random")}
+    for name, make in peers.items():
         L.seed_everything(0)
-        trainer = L.Trainer(max_epochs=3, num_sanity_val_steps=0, **QUIET)
+        model = make(*sizes)
+        trainer = L.Trainer(max_epochs=6, num_sanity_val_steps=0, **QUIET)
         trainer.fit(model, datamodule=dm)
         mrr = trainer.validate(model, datamodule=dm, verbose=False)[0]["val/mrr@20"]
-        assert mrr > 1.5 * floor, (name, mrr, floor)
+        assert mrr > 2 * floor, (name, mrr, floor)
