@@ -72,6 +72,7 @@ def measure(dm, scale: str, args) -> None:
 
     import pytorch_lightning as L
 
+    L.seed_everything(0, verbose=False)  # the same batches on every run
     batches = batches_of(dm, args.warmup + args.steps)
     timed = batches[args.warmup:]
     mean_len = sum(int(b["length"].sum()) for b in timed) / sum(b["length"].numel()

@@ -92,7 +92,7 @@ class RepeatNet(NeuralRecommender):
         log_mode = F.log_softmax(self.mode(self.mode_attention(h, last, mask)), dim=-1)  # (B, 2)
         repeat = self.repeat_attention.weights(h, last, mask)  # (B, T)
         c = torch.cat([last, self.explore_attention(h, last, mask)], dim=-1)  # (B, 2H)
-        explore = self.explore(c).scatter(1, item, float("-inf"))  # (B, N): not the input's
+        explore = self.explore(c).scatter_(1, item, float("-inf"))  # (B, N): not the input's
         explore[:, :NUM_SPECIAL] = float("-inf")  # never padding or unknown
         return log_mode, repeat, explore
 
