@@ -80,7 +80,7 @@ def bare_steps(model, batches, warmup: int) -> float:
     import torch
     import torch.nn.functional as F
 
-    from microrec.models.rib import sampled_softmax_loss
+    from microrec.models.neural import sampled_softmax_loss
 
     model.train()
     optimizers = model.configure_optimizers()

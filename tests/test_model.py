@@ -50,8 +50,8 @@ def test_every_ablation_runs_forward_and_backward(dm, encoder, attention, featur
     batch = dm.dataset("train")[list(range(16))]
     loss = torch.nn.functional.cross_entropy(model.logits(batch), batch["target"])
     loss.backward()
-    assert model.item_emb.weight.grad.abs().sum() > 0
-    for table, channel in ((model.activity_emb, "activity"), (model.dwell_emb, "dwell")):
+    assert model.embed.item.weight.grad.abs().sum() > 0
+    for table, channel in ((model.embed.activity, "activity"), (model.embed.dwell, "dwell")):
         uses = channel in FEATURES[features]
         assert (table is not None) == uses
         if uses:
@@ -88,11 +88,11 @@ def test_word2vec_init_puts_gensims_vectors_into_the_tables(dm):
 
     model = rib(dm, init="word2vec", w2v_window=3, w2v_epochs=2)
     model.load_word2vec(dm)
-    for channel, emb in (("item", model.item_emb), ("activity", model.activity_emb),
-                         ("dwell", model.dwell_emb)):
+    for channel, emb in (("item", model.embed.item), ("activity", model.embed.activity),
+                         ("dwell", model.embed.dwell)):
         expected = dm.word2vec(channel, emb.embedding_dim, 3, 2)
         np.testing.assert_array_equal(emb.weight.detach().numpy(), expected)
-    assert model.item_emb.weight[2:].std() > 0.05  # trained vectors, not the tiny random fill
+    assert model.embed.item.weight[2:].std() > 0.05  # trained vectors, not the tiny random fill
 
 
 def test_reload_from_checkpoint_gives_identical_scores(dm, tmp_path):
@@ -113,7 +113,7 @@ def test_reload_from_checkpoint_gives_identical_scores(dm, tmp_path):
 
 
 def test_sampled_softmax_with_every_product_as_negative_is_the_full_softmax():
-    from microrec.models.rib import sampled_softmax_loss
+    from microrec.models.neural import sampled_softmax_loss
 
     g = torch.Generator().manual_seed(0)
     n, h_size = 30, 5
@@ -161,3 +161,21 @@ def test_evaluation_ranks_the_inputs_last_product_last_and_nothing_else(dm):
     keep = torch.ones_like(ranked, dtype=torch.bool)
     keep[rows, last] = False
     assert torch.equal(ranked[keep], raw[keep])
+
+
+def test_checkpoints_from_before_the_shared_embedding_block_still_load(dm, tmp_path):
+    """Older RIB checkpoints name the tables item_emb/activity_emb/dwell_emb."""
+    model = rib(dm).eval()
+    trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    trainer.strategy.connect(model)
+    path = tmp_path / "old.ckpt"
+    trainer.save_checkpoint(path)
+    checkpoint = torch.load(path, weights_only=False)
+    state = checkpoint["state_dict"]
+    for channel in ("item", "activity", "dwell"):
+        state[f"{channel}_emb.weight"] = state.pop(f"embed.{channel}.weight")
+    torch.save(checkpoint, path)
+    reloaded = RIB.load_from_checkpoint(path).eval()
+    batch = dm.dataset("test")[list(range(20))]
+    with torch.no_grad():
+        assert torch.equal(model(batch), reloaded(batch))

@@ -31,7 +31,9 @@ METRICS = {"test/recall@20": "Recall@20", "test/mrr@20": "MRR@20"}
 BASELINES = {"pop": "POP", "bpr_mf": "BPR-MF", "item_knn": "Item-KNN", "word2vec": "Word2vec",
              "word2vec_avg": "Word2vec Avg", "repeat": "Repeat", "sknn": "S-KNN",
              "vsknn": "V-SKNN", "stan": "STAN"}
-MODEL_ORDER = [*BASELINES.values(), "RIB w/o attention", "RIB"]
+# neural peers read any feature variant: a row under each data type they were run with
+NEURAL_PEERS = {"narm": "NARM", "sasrec": "SASRec", "repeatnet": "RepeatNet", "gru4rec": "GRU4Rec"}
+MODEL_ORDER = [*BASELINES.values(), *NEURAL_PEERS.values(), "RIB w/o attention", "RIB"]
 
 
 @dataclass
@@ -50,6 +52,8 @@ def row_of(choices) -> tuple[str, str]:
     """(data type, model name) of a job from its Hydra choices."""
     if choices.model in BASELINES:
         return "sku", BASELINES[choices.model]  # baselines read products only
+    if choices.model in NEURAL_PEERS:
+        return choices.features, NEURAL_PEERS[choices.model]
     if choices.model != "rib":
         return choices.features, choices.model
     name = "RIB" if choices.get("attention") == "on" else "RIB w/o attention"

@@ -2,44 +2,18 @@
 
 from __future__ import annotations
 
-import logging
-import math
-
-import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from microrec.errors import ConfigError
-from microrec.models.base import Recommender, mask_special_
-from microrec.schema import NUM_SPECIAL, PAD, channels
-
-log = logging.getLogger(__name__)
+from microrec.models.embedding import MicroEmbedding
+from microrec.models.neural import NeuralRecommender, last_state
+from microrec.schema import PAD
 
 ENCODERS = {"gru": nn.GRU, "lstm": nn.LSTM, "rnn": nn.RNN}
-INITS = ("word2vec", "random")
-LOSSES = ("full", "sampled")
-NEGATIVE_POWER = 0.75  # negatives drawn with probability ~ (training target count + 1) ** 0.75
-
-
-def sampled_softmax_loss(h: torch.Tensor, out_weight: nn.Embedding, out_bias: nn.Embedding,
-                         target: torch.Tensor, negatives: torch.Tensor,
-                         log_q: torch.Tensor) -> torch.Tensor:
-    """Softmax cross-entropy over each target and K negatives shared by the batch.
-
-    Logits are corrected by log(K q(i)), q the sampling distribution (logQ correction), so
-    the loss estimates the full softmax; a negative equal to the row's target is removed.
-    The output rows are looked up through the tables' forward, so sparse tables get sparse
-    gradients. h: (B, H); target: (B,); negatives: (K,); log_q: (N,) log probabilities.
-    """
-    k = negatives.numel()
-    pos = (h * out_weight(target)).sum(-1) + out_bias(target).squeeze(-1)  # (B,)
-    neg = h @ out_weight(negatives).T + out_bias(negatives).squeeze(-1)  # (B, K)
-    pos = pos - log_q[target] - math.log(k)
-    neg = neg - log_q[negatives] - math.log(k)
-    neg = neg.masked_fill(negatives[None, :] == target[:, None], float("-inf"))  # hits
-    logits = torch.cat([pos[:, None], neg], dim=1)  # (B, 1 + K), the target is column 0
-    return F.cross_entropy(logits, torch.zeros_like(target))
+# checkpoints written before the embedding tables moved into MicroEmbedding
+LEGACY_NAMES = {"item_emb.": "embed.item.", "activity_emb.": "embed.activity.",
+                "dwell_emb.": "embed.dwell."}
 
 
 class Attention(nn.Module):
@@ -61,7 +35,7 @@ class Attention(nn.Module):
         return torch.bmm(att.unsqueeze(1), h).squeeze(1)  # (B, H)
 
 
-class RIB(Recommender):
+class RIB(NeuralRecommender):
     """The RIB recommender.
 
     Args:
@@ -102,74 +76,32 @@ class RIB(Recommender):
         loss: str = "full",
         n_negatives: int = 2048,
     ):
-        super().__init__()
-        if loss not in LOSSES:
-            raise ConfigError(f"unknown loss '{loss}': choose full or sampled.")
+        super().__init__(loss, init)
         if encoder not in ENCODERS:
             raise ConfigError(f"unknown encoder '{encoder}': choose one of {', '.join(ENCODERS)}.")
-        if init not in INITS:
-            raise ConfigError(f"unknown init '{init}': choose word2vec or random.")
         self.save_hyperparameters()
-        self.channels = channels(features)
-        sparse = loss == "sampled"  # only the sampled rows of the product tables change
-        self.automatic_optimization = not sparse  # two optimizers: Adam and SparseAdam
-        self.item_emb = nn.Embedding(n_items, item_dim, padding_idx=PAD, sparse=sparse)
-        self.activity_emb = (nn.Embedding(n_activities, activity_dim, padding_idx=PAD)
-                             if "activity" in self.channels else None)
-        self.dwell_emb = (nn.Embedding(n_dwell, dwell_dim, padding_idx=PAD)
-                          if "dwell" in self.channels else None)
-        input_size = item_dim + (activity_dim if self.activity_emb is not None else 0) \
-            + (dwell_dim if self.dwell_emb is not None else 0)
-        self.rnn = ENCODERS[encoder](input_size, hidden_size, batch_first=True)
+        self.embed = MicroEmbedding(n_items, n_activities, n_dwell, features, item_dim,
+                                    activity_dim, dwell_dim, dropout, sparse=self.sampled)
+        self.rnn = ENCODERS[encoder](self.embed.dim, hidden_size, batch_first=True)
         self.attention = Attention(hidden_size, attention_size) if attention else None
         self.dropout = nn.Dropout(dropout)
         # output layer as tables so that a sampled loss can update rows sparsely
-        self.out_weight = nn.Embedding(n_items, hidden_size, sparse=sparse)
-        self.out_bias = nn.Embedding(n_items, 1, sparse=sparse)
+        self.out_weight = nn.Embedding(n_items, hidden_size, sparse=self.sampled)
+        self.out_bias = nn.Embedding(n_items, 1, sparse=self.sampled)
         nn.init.uniform_(self.out_weight.weight, -hidden_size ** -0.5, hidden_size ** -0.5)
         nn.init.zeros_(self.out_bias.weight)
-        self.register_buffer("log_q", torch.zeros(n_items), persistent=False)
 
-    def setup(self, stage: str) -> None:
-        dm = self.trainer.datamodule
-        if stage != "fit" or dm is None:  # without a data module the caller prepares these
-            return
-        if self.hparams.init == "word2vec":
-            self.load_word2vec(dm)
-        if self.hparams.loss == "sampled":
-            self.set_sampling(dm.prepared.splits["train"].target)
-
-    def set_sampling(self, train_targets: np.ndarray) -> None:
-        """Negative sampling distribution from the training targets' popularity."""
-        counts = np.bincount(train_targets, minlength=self.hparams.n_items).astype(np.float64)
-        q = (counts + 1.0) ** NEGATIVE_POWER
-        q[:NUM_SPECIAL] = 0.0  # padding and unknown are never negatives
-        q = torch.as_tensor(q / q.sum(), dtype=torch.float32, device=self.log_q.device)
-        self.log_q.copy_(torch.log(q.clamp(min=1e-30)))
-
-    def load_word2vec(self, dm) -> None:
-        """Copy gensim vectors trained on the training split into the embedding tables."""
-        hp = self.hparams
-        for channel, table in (("item", self.item_emb), ("activity", self.activity_emb),
-                               ("dwell", self.dwell_emb)):
-            if table is None:
-                continue
-            vectors = dm.word2vec(channel, table.embedding_dim, hp.w2v_window, hp.w2v_epochs)
-            with torch.no_grad():
-                table.weight.copy_(torch.from_numpy(vectors))
-        log.info("embeddings initialised from word2vec")
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        state = checkpoint["state_dict"]
+        for key in list(state):
+            for old, new in LEGACY_NAMES.items():
+                if key.startswith(old):
+                    state[new + key[len(old):]] = state.pop(key)
 
     def encode(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Hidden states (B, T, H) and the real-position mask (B, T)."""
-        parts = [self.item_emb(batch["item"])]  # (B, T, E_item)
-        if self.activity_emb is not None:
-            parts.append(self.activity_emb(batch["activity"]))  # (B, T, E_act)
-        if self.dwell_emb is not None:
-            parts.append(self.dwell_emb(batch["dwell"]))  # (B, T, E_dwell)
-        x = self.dropout(torch.cat(parts, dim=-1))  # (B, T, E)
-        h, _ = self.rnn(x)  # (B, T, H); right padding keeps real states exact
-        mask = batch["item"] != PAD  # (B, T)
-        return h, mask
+        h, _ = self.rnn(self.embed(batch))  # (B, T, H); right padding keeps real states exact
+        return h, batch["item"] != PAD
 
     def attention_weights(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """(B, T) weight of each input micro-behavior (attention on only)."""
@@ -182,52 +114,11 @@ class RIB(Recommender):
         h, mask = self.encode(batch)
         if self.attention is not None:
             return self.attention(h, mask)  # (B, H)
-        last = (batch["length"] - 1).clamp(min=0)  # (B,)
-        return h[torch.arange(h.size(0), device=h.device), last]  # (B, H)
+        return last_state(h, batch["length"])  # (B, H)
 
     def query(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """(B, H) the pooled state the output layer scores against (dropout applied)."""
         return self.dropout(self.pooled(batch))
 
-    def logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        h = self.query(batch)  # (B, H)
-        return h @ self.out_weight.weight.T + self.out_bias.weight.T  # (B, n_items)
-
-    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return mask_special_(self.logits(batch))  # (B, n_items)
-
-    def training_step(self, batch, batch_idx):
-        target = batch["target"]  # (B,)
-        if self.automatic_optimization:
-            loss = F.cross_entropy(self.logits(batch), target)
-        else:
-            negatives = torch.multinomial(self.log_q.exp(), self.hparams.n_negatives,
-                                          replacement=True)  # (K,)
-            loss = sampled_softmax_loss(self.query(batch), self.out_weight, self.out_bias,
-                                        target, negatives, self.log_q)
-            optimizers = self.optimizers()
-            for opt in optimizers:
-                opt.zero_grad()
-            self.manual_backward(loss)
-            for opt in optimizers:
-                opt.step()
-        self.log("train/loss", loss, prog_bar=True, batch_size=target.numel())
-        return loss
-
-    def validation_step(self, batch, batch_idx):
-        logits = self.logits(batch)  # (B, n_items)
-        known = batch["target"] >= NUM_SPECIAL
-        if known.any():
-            loss = F.cross_entropy(logits[known], batch["target"][known])
-            self.log("val/loss", loss, batch_size=int(known.sum()), sync_dist=True)
-        self.evaluate(batch, "val", logits)
-
-    def configure_optimizers(self):
-        hp = self.hparams
-        if self.automatic_optimization:
-            return torch.optim.Adam(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
-        sparse = [self.item_emb.weight, self.out_weight.weight, self.out_bias.weight]
-        ids = {id(p) for p in sparse}
-        dense = [p for p in self.parameters() if id(p) not in ids]
-        return [torch.optim.Adam(dense, lr=hp.lr, weight_decay=hp.weight_decay),
-                torch.optim.SparseAdam(sparse, lr=hp.lr)]
+    def output_tables(self) -> tuple[nn.Embedding, nn.Embedding]:
+        return self.out_weight, self.out_bias
