@@ -21,7 +21,7 @@ from microrec.errors import ConfigError
 from microrec.naming import job_label
 from microrec.runs import latest_multirun
 from microrec.schema import FEATURES
-from microrec.table import table3
+from microrec.table import row_of, table3
 from microrec.training import run_identity
 
 BASELINES = ("pop", "bpr_mf", "item_knn", "word2vec", "word2vec_avg")
@@ -76,6 +76,28 @@ def test_table3_is_every_baseline_on_sku_and_rib_with_and_without_attention(hydr
     assert len(set(labels)) == len(labels)
     assert labels[:3] == ["row=pop,seed=0", "row=pop,seed=1", "row=bpr_mf,seed=0"]
     assert "row=rib_noatt_sku_dwell,seed=1" in labels
+
+
+def test_peers_is_every_peer_beside_the_papers_baselines_and_rib_on_sku_and_full(hydra_job):
+    """experiment=peers: each row builds the model it names, on the features it names, and
+    sits in its own row of the results table."""
+    jobs, _ = sweep_jobs(["experiment=peers"])
+    rows = {}
+    for overrides in jobs:
+        cfg = hydra_job(overrides)
+        choices = cfg.hydra.runtime.choices
+        rows[choices.row] = (cfg.model._target_.rsplit(".", 1)[-1], cfg.features.name,
+                             row_of(choices))
+    fitted = {"repeat": "Repeat", "sknn": "SessionKNN", "vsknn": "VSKNN", "stan": "STAN"}
+    for name, cls in fitted.items():
+        assert rows[name][:2] == (cls, "sku")
+    for name, cls in {"narm": "NARM", "sasrec": "SASRec", "repeatnet": "RepeatNet"}.items():
+        assert rows[f"{name}_sku"][:2] == (cls, "sku")
+        assert rows[f"{name}_full"][:2] == (cls, "full")
+    assert rows["gru4rec"][:2] == ("RIB", "sku") and rows["gru4rec"][2] == ("sku", "GRU4Rec")
+    assert rows["rib_full"][2] == ("full", "RIB") and rows["narm_full"][2] == ("full", "NARM")
+    assert {m for m in BASELINES} <= set(rows)
+    assert len({r[2] for r in rows.values()}) == len(rows) == len(jobs)  # one row each
 
 
 def test_one_row_of_table3_can_be_run_alone():
