@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from microrec.errors import ConfigError
 from microrec.files import atomic_write
+from microrec.runs import METRICS_FILE
 
 LAST = Path("checkpoints") / "last.ckpt"
 WANDB_RUN = "wandb-run.json"  # the W&B id, name, group and tags a resumed run reuses
@@ -56,7 +57,7 @@ def expand_argv(argv: list[str]) -> list[str]:
     if not saved.is_file():
         raise ConfigError(f"resume={folder} is not a run folder of src/train.py "
                           "(it has no .hydra/overrides.yaml).")
-    if (folder / "metrics.json").exists():
+    if (folder / METRICS_FILE).exists():
         raise ConfigError(f"resume={folder}: that run has finished (metrics.json exists); "
                           "there is nothing to resume.")
     if not (folder / LAST).is_file():

@@ -19,7 +19,7 @@ from microrec.files import atomic_write
 from microrec.models.base import FitFromData
 from microrec.naming import job_label
 from microrec.resume import LAST, RngStates, check_config, wandb_identity
-from microrec.runs import wandb_group
+from microrec.runs import METRICS_FILE, wandb_group
 from microrec.tracking import uses_wandb
 
 log = logging.getLogger("microrec.train")
@@ -124,9 +124,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
             if uses_wandb(cfg.get("logger")):
                 logger.experiment.summary.update(summary)  # beside the run's final metrics
         text = json.dumps(metrics, indent=2, sort_keys=True)
-        atomic_write(run_dir / "metrics.json", lambda tmp: Path(tmp).write_text(text + "\n"))
+        atomic_write(run_dir / METRICS_FILE, lambda tmp: Path(tmp).write_text(text + "\n"))
         log.info("test/recall@20 %.4f  test/mrr@20 %.4f  -> %s", metrics["test/recall@20"],
-                 metrics["test/mrr@20"], run_dir / "metrics.json")
+                 metrics["test/mrr@20"], run_dir / METRICS_FILE)
 
     if uses_wandb(cfg.get("logger")):
         import wandb
