@@ -23,7 +23,7 @@ from microrec.runs import METRICS_FILE, wandb_group
 from microrec.tracking import uses_wandb
 
 log = logging.getLogger("microrec.train")
-TAGGED_GROUPS = ("data", "model", "features", "encoder", "attention")
+TAGGED_GROUPS = ("data", "model", "features", "encoder", "attention", "head")
 OmegaConf.register_new_resolver("job_label", job_label, replace=True)
 
 

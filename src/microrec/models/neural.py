@@ -19,12 +19,14 @@ NEGATIVE_POWER = 0.75  # negatives drawn with probability ~ (training target cou
 
 
 def sampled_softmax_loss(h: torch.Tensor, out_weight: nn.Embedding, out_bias: nn.Embedding | None,
-                         target: torch.Tensor, negatives: torch.Tensor,
-                         log_q: torch.Tensor) -> torch.Tensor:
+                         target: torch.Tensor, negatives: torch.Tensor, log_q: torch.Tensor,
+                         exclude: torch.Tensor | None = None,
+                         reduction: str = "mean") -> torch.Tensor:
     """Softmax cross-entropy over each target and K negatives shared by the batch.
 
     Logits are corrected by log(K q(i)), q the sampling distribution (logQ correction), so
-    the loss estimates the full softmax; a negative equal to the row's target is removed.
+    the loss estimates the full softmax; a negative equal to the row's target is removed,
+    and so is every negative `exclude` (B, K) marks (products outside that row's softmax).
     The output rows are looked up through the tables' forward, so sparse tables get sparse
     gradients. h: (B, H); target: (B,); negatives: (K,); log_q: (N,) log probabilities;
     out_bias None: the output layer has no bias.
@@ -37,9 +39,10 @@ def sampled_softmax_loss(h: torch.Tensor, out_weight: nn.Embedding, out_bias: nn
         neg = neg + out_bias(negatives).squeeze(-1)
     pos = pos - log_q[target] - math.log(k)
     neg = neg - log_q[negatives] - math.log(k)
-    neg = neg.masked_fill(negatives[None, :] == target[:, None], float("-inf"))  # hits
+    hits = negatives[None, :] == target[:, None]  # (B, K)
+    neg = neg.masked_fill(hits if exclude is None else hits | exclude, float("-inf"))
     logits = torch.cat([pos[:, None], neg], dim=1)  # (B, 1 + K), the target is column 0
-    return F.cross_entropy(logits, torch.zeros_like(target))
+    return F.cross_entropy(logits, torch.zeros_like(target), reduction=reduction)
 
 
 def last_state(h: torch.Tensor, length: torch.Tensor) -> torch.Tensor:
@@ -93,6 +96,11 @@ class NeuralRecommender(Recommender):
         """Mean full-softmax cross-entropy of the batch's targets."""
         return F.cross_entropy(self.logits(batch), batch["target"])
 
+    def sampled_loss(self, batch: dict[str, torch.Tensor], negatives: torch.Tensor) -> torch.Tensor:
+        """The sampled-softmax estimate of `training_loss` with the negatives (K,)."""
+        return sampled_softmax_loss(self.query(batch), *self.output_tables(), batch["target"],
+                                    negatives, self.log_q)
+
     def score_loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """The same loss from `logits(batch)` already computed (validation reuses them)."""
         return F.cross_entropy(logits, target)
@@ -127,8 +135,7 @@ class NeuralRecommender(Recommender):
         else:
             negatives = torch.multinomial(self.log_q.exp(), self.hparams.n_negatives,
                                           replacement=True)  # (K,)
-            loss = sampled_softmax_loss(self.query(batch), *self.output_tables(), target,
-                                        negatives, self.log_q)
+            loss = self.sampled_loss(batch, negatives)
             optimizers = self.optimizers()
             for opt in optimizers:
                 opt.zero_grad()
