@@ -12,6 +12,7 @@ from torch import nn
 
 from microrec.errors import ConfigError
 from microrec.models.base import last_items
+from microrec.models.cooccurrence import Cooccurrence
 from microrec.models.embedding import MicroEmbedding
 from microrec.models.neural import NeuralRecommender, last_state, sampled_softmax_loss
 from microrec.schema import NUM_SPECIAL, PAD
@@ -109,6 +110,10 @@ class RIB(NeuralRecommender):
         tied: score products against the input product embeddings through a projection of
             the state (the product table is shared, word2vec-initialised with it) instead of
             a separate output table; each product keeps its own output bias.
+        neighbours: 0 (off), or the explore side adds a learned weight times log(1 + how
+            many training sessions hold each product with the input's products, and with
+            its last product) (`Cooccurrence`, each product's `neighbours` most frequent
+            partners kept); head=repeat_explore only.
         lr, weight_decay: Adam settings (weight decay applies to the dense parameters).
         loss: full (softmax over every product) or sampled (n_negatives popularity-sampled
             negatives shared by the batch, logQ-corrected; the product tables then get
@@ -138,12 +143,16 @@ class RIB(NeuralRecommender):
         n_negatives: int = 2048,
         head: str = "softmax",
         tied: bool = False,
+        neighbours: int = 0,
     ):
         super().__init__(loss, init)
         if encoder not in ENCODERS:
             raise ConfigError(f"unknown encoder '{encoder}': choose one of {', '.join(ENCODERS)}.")
         if head not in HEADS:
             raise ConfigError(f"unknown head '{head}': choose one of {', '.join(HEADS)}.")
+        if neighbours and head != "repeat_explore":
+            raise ConfigError(f"model.neighbours={neighbours} scores the explore side of "
+                              "head=repeat_explore: set head=repeat_explore or neighbours=0.")
         self.save_hyperparameters()
         self.embed = MicroEmbedding(n_items, n_activities, n_dwell, features, item_dim,
                                     activity_dim, dwell_dim, dropout, sparse=self.sampled)
@@ -152,6 +161,7 @@ class RIB(NeuralRecommender):
         self.dropout = nn.Dropout(dropout)
         self.repeat = (RepeatExplore(hidden_size, self.embed.dim, attention_size)
                        if head == "repeat_explore" else None)
+        self.cooccurrence = Cooccurrence(n_items, neighbours) if neighbours else None
         # output layer as tables so that a sampled loss can update rows sparsely
         if tied:  # the state is mapped into the product embedding space and scored there
             self.out_proj = nn.Linear(hidden_size, item_dim, bias=False)
@@ -160,6 +170,12 @@ class RIB(NeuralRecommender):
             nn.init.uniform_(self.out_weight.weight, -hidden_size ** -0.5, hidden_size ** -0.5)
         self.out_bias = nn.Embedding(n_items, 1, sparse=self.sampled)
         nn.init.zeros_(self.out_bias.weight)
+
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        dm = self.trainer.datamodule
+        if stage == "fit" and dm is not None and self.cooccurrence is not None:
+            self.cooccurrence.fit(dm.prepared.splits["train"])
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         state = checkpoint["state_dict"]
@@ -212,15 +228,25 @@ class RIB(NeuralRecommender):
         pooled = self.pool(h, batch["item"] != PAD, batch["length"])  # (B, H)
         return x, h, pooled, torch.cat([pooled, last_state(h, batch["length"])], dim=-1)
 
-    def mixture(self, batch: dict[str, torch.Tensor]):
+    def neighbour_scores(self, batch: dict[str, torch.Tensor], leave_out: bool):
+        """(B, N) the co-occurrence expert's explore scores, or None (neighbours=0)."""
+        if self.cooccurrence is None:
+            return None
+        return self.cooccurrence(batch, leave_out)
+
+    def mixture(self, batch: dict[str, torch.Tensor], leave_out: bool = False):
         """Repeat weights (B, T), log g, log(1 - g) (B,) and explore logits (B, N).
 
         The explore logits are -inf on padding, unknown and every product of the input.
+        `leave_out`: a training batch (the neighbour expert leaves its own sessions out).
         """
         x, h, pooled, q = self.head_inputs(batch)
         weights, log_g, log_not_g = self.repeat(h, x, q, batch)
         weight, bias = self.output_tables()
         explore = self.output_query(pooled) @ weight.weight.T + bias.weight.T  # (B, N)
+        neighbours = self.neighbour_scores(batch, leave_out)
+        if neighbours is not None:
+            explore = explore + neighbours
         explore = explore.scatter_(1, batch["item"], float("-inf"))  # not the input's products
         explore[:, :NUM_SPECIAL] = float("-inf")
         return weights, log_g, log_not_g, explore
@@ -258,7 +284,7 @@ class RIB(NeuralRecommender):
         """Mean -log p(target), reading only the target's column of each branch."""
         if self.repeat is None:
             return super().training_loss(batch)
-        weights, log_g, log_not_g, explore = self.mixture(batch)
+        weights, log_g, log_not_g, explore = self.mixture(batch, leave_out=True)
         p_repeat, repeated = self.split_target(batch, weights)
         target = batch["target"].masked_fill(repeated, -100)  # explore rows only
         nll_explore = -log_not_g + F.cross_entropy(explore, target, ignore_index=-100,
@@ -276,7 +302,8 @@ class RIB(NeuralRecommender):
         in_input = (negatives[None, None, :] == batch["item"][:, :, None]).any(1)  # (B, K)
         nll_explore = -log_not_g + sampled_softmax_loss(
             self.output_query(pooled), *self.output_tables(), batch["target"], negatives,
-            self.log_q, exclude=in_input, reduction="none")  # (B,)
+            self.log_q, exclude=in_input, offset=self.neighbour_scores(batch, leave_out=True),
+            reduction="none")  # (B,)
         return torch.where(repeated, -(log_g + torch.log(p_repeat)), nll_explore).mean()
 
     def score_loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
