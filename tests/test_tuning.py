@@ -54,7 +54,7 @@ def test_every_search_shares_the_budget_and_searches_its_models_own_keys(tmp_pat
                      sweeper.sampler.seed, sweeper.direction, cfg.trainer.max_epochs))
         assert cfg.hydra.runtime.choices["hydra/sweeper"] == "optuna"
         assert sweeper.study_name == f"{name}_synthetic"
-        assert sweeper.storage == f"sqlite:///outputs/optuna/{name}_synthetic.db"
+        assert sweeper.storage == f"sqlite:///{tmp_path}/outputs/optuna/{name}_synthetic.db"
         assert (tmp_path / "outputs" / "optuna").is_dir()
         assert (cfg.test, list(cfg.predictions), cfg.monitor) == (False, [], "val/mrr@20")
         assert cfg.callbacks.progress is None and "CSVLogger" in cfg.logger._target_

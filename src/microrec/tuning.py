@@ -48,8 +48,8 @@ def check_tuned(tuned: DictConfig | None, data: str) -> None:
 
 
 def _storage(hydra: DictConfig) -> tuple[str, Path | None]:
-    """A sweep's storage URL, an SQLite path taken from the sweep's working directory; and
-    that SQLite file (None for another database)."""
+    """A sweep's storage URL, a relative SQLite path (given on the command line) taken from
+    the sweep's working directory; and that SQLite file (None for another database)."""
     url = str(hydra.sweeper.storage)
     if not url.startswith(SQLITE):
         return url, None
