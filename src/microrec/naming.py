@@ -7,7 +7,7 @@ import re
 import sys
 from collections.abc import Mapping
 
-_SWEEP_FUNCTIONS = ("range(", "choice(", "glob(", "interval(")
+_SWEEP_FUNCTIONS = ("range(", "choice(", "glob(", "interval(", "tag(")  # tag(log, interval(..))
 MAX_LEN = 80
 
 

@@ -33,7 +33,11 @@ BASELINES = {"pop": "POP", "bpr_mf": "BPR-MF", "item_knn": "Item-KNN", "word2vec
              "vsknn": "V-SKNN", "stan": "STAN"}
 # neural peers read any feature variant: a row under each data type they were run with
 NEURAL_PEERS = {"narm": "NARM", "sasrec": "SASRec", "repeatnet": "RepeatNet", "gru4rec": "GRU4Rec"}
-MODEL_ORDER = [*BASELINES.values(), *NEURAL_PEERS.values(), "RIB w/o attention", "RIB"]
+# a `*_tuned` row (conf/row/): the model with its Optuna study's best hyperparameters
+TUNED = " (tuned)"
+MODEL_ORDER = [*BASELINES.values(), *NEURAL_PEERS.values(),
+               *(name + TUNED for name in NEURAL_PEERS.values()), "RIB w/o attention", "RIB",
+               "RIB" + TUNED]
 
 
 @dataclass
@@ -50,6 +54,11 @@ class Job:
 
 def row_of(choices) -> tuple[str, str]:
     """(data type, model name) of a job from its Hydra choices."""
+    data_type, name = _row_of(choices)
+    return data_type, name + (TUNED if choices.get("tuned") else "")
+
+
+def _row_of(choices) -> tuple[str, str]:
     if choices.model in BASELINES:
         return "sku", BASELINES[choices.model]  # baselines read products only
     if choices.model in NEURAL_PEERS:

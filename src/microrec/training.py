@@ -21,9 +21,10 @@ from microrec.naming import job_label
 from microrec.resume import LAST, RngStates, check_config, wandb_identity
 from microrec.runs import METRICS_FILE, wandb_group
 from microrec.tracking import uses_wandb
+from microrec.tuning import check_tuned  # and the sqlite_url resolver hparams_search uses
 
 log = logging.getLogger("microrec.train")
-TAGGED_GROUPS = ("data", "model", "features", "encoder", "attention", "head")
+TAGGED_GROUPS = ("data", "model", "features", "encoder", "attention", "head", "tuned")
 OmegaConf.register_new_resolver("job_label", job_label, replace=True)
 
 
@@ -68,7 +69,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     A gradient-trained model (RIB) runs Lightning's training loop and is evaluated on its
     best checkpoint; a model fitted from data (the baselines) is fitted from the training
-    split in one call, evaluated, then saved to the same checkpoint path.
+    split in one call, evaluated, then saved to the same checkpoint path. With
+    `test: false` (a tuning trial) the chosen weights are validated only.
     """
     started = time.time()
     run_dir = Path(cfg.run_dir)
@@ -77,6 +79,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if any(stage not in predictions.STAGES for stage in keep):
         raise ConfigError(f"predictions={keep}: name splits among {list(predictions.STAGES)}, "
                           "e.g. predictions=[val,test], or predictions=[] for none.")
+    if "test" in keep and not cfg.test:
+        raise ConfigError(f"predictions={keep} with test=false: a run that never evaluates "
+                          "on test has no test predictions; drop test from predictions.")
+    if HydraConfig.initialized():  # a `*_tuned` row's config must exist
+        check_tuned(cfg.get("tuned"), HydraConfig.get().runtime.choices.data)
     resume_from = None
     if cfg.resume:  # src/microrec/resume.py: the folder, its overrides and checkpoint
         check_config(cfg, Path(cfg.resume))
@@ -108,10 +115,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
         log.info("best checkpoint: %s", best)
     model.keep_predictions = set(keep)  # the final evaluation only, not every epoch's
     metrics = {}
-    for results in (trainer.validate(model, datamodule=dm, ckpt_path=best, verbose=False,
-                                     weights_only=True),  # a checkpoint never runs code
-                    trainer.test(model, datamodule=dm, ckpt_path=best, verbose=False,
-                                 weights_only=True)):
+    stages = [trainer.validate, trainer.test] if cfg.test else [trainer.validate]
+    for evaluate in stages:  # test=false (a tuning trial): no test metric is ever computed
+        results = evaluate(model, datamodule=dm, ckpt_path=best, verbose=False,
+                           weights_only=True)  # a checkpoint never runs code
         metrics.update({k: float(v) for k, v in results[0].items()})
     if fitted:
         trainer.save_checkpoint(trainer.checkpoint_callback.format_checkpoint_name({}))
@@ -125,8 +132,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
                 logger.experiment.summary.update(summary)  # beside the run's final metrics
         text = json.dumps(metrics, indent=2, sort_keys=True)
         atomic_write(run_dir / METRICS_FILE, lambda tmp: Path(tmp).write_text(text + "\n"))
-        log.info("test/recall@20 %.4f  test/mrr@20 %.4f  -> %s", metrics["test/recall@20"],
-                 metrics["test/mrr@20"], run_dir / METRICS_FILE)
+        stage = "test" if cfg.test else "val"
+        log.info("%s/recall@20 %.4f  %s/mrr@20 %.4f  -> %s", stage, metrics[f"{stage}/recall@20"],
+                 stage, metrics[f"{stage}/mrr@20"], run_dir / METRICS_FILE)
 
     if uses_wandb(cfg.get("logger")):
         import wandb

@@ -1,0 +1,149 @@
+"""Fair tuning with Optuna: the study's storage, and a sweep's best trial kept as a config.
+
+`python src/train.py -m hparams_search=<model> data=<data>` runs one Optuna study through
+Hydra's sweeper (conf/tuning/optuna.yaml: seeded TPE, the same budget for every model,
+validation MRR@20 the only objective, test never evaluated); `python src/tune.py <sweep>`
+writes its best trial to `conf/tuned/<model>/<data>.yaml`, which the `*_tuned` rows of the
+results table load (conf/row/).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+from datetime import datetime
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from microrec.errors import ConfigError
+from microrec.files import atomic_write
+from microrec.runs import CONFIG, HYDRA, METRICS_FILE, job_folders, job_id
+
+ROOT = Path(__file__).resolve().parents[2]  # the project: src/microrec/tuning.py
+CONF = ROOT / "conf"
+RESULTS = "optimization_results.yaml"  # what Hydra's Optuna sweeper leaves when it finishes
+SQLITE = "sqlite:///"
+
+
+def sqlite_url(path: str) -> str:
+    """The SQLAlchemy URL of an SQLite file, its folder created (SQLite will not make it)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return SQLITE + path
+
+
+OmegaConf.register_new_resolver("sqlite_url", sqlite_url, replace=True)
+
+
+def check_tuned(tuned: DictConfig | None, data: str) -> None:
+    """Stop a `*_tuned` row whose conf/tuned/<model>/<data>.yaml does not exist (the row
+    loads it as optional, so only the study that file would add is missing)."""
+    if tuned is None or tuned.get("study") is not None:
+        return
+    model = tuned.get("model")
+    raise ConfigError(f"no tuned config for {model} on {data} (conf/tuned/{model}/{data}.yaml): "
+                      f"run python src/train.py -m hparams_search={model} data={data}, then "
+                      "python src/tune.py <folder>.")
+
+
+def _storage(hydra: DictConfig) -> tuple[str, Path | None]:
+    """A sweep's storage URL, a relative SQLite path (given on the command line) taken from
+    the sweep's working directory; and that SQLite file (None for another database)."""
+    url = str(hydra.sweeper.storage)
+    if not url.startswith(SQLITE):
+        return url, None
+    path = Path(hydra.runtime.cwd) / url[len(SQLITE):]  # an absolute path stays as it is
+    return SQLITE + str(path), path
+
+
+def _git_commit() -> str:
+    """The project's commit, marked when the working tree has changes; 'unknown' without git."""
+    try:
+        head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True, check=True).stdout.strip()
+        changed = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain",
+                                  "--untracked-files=no"], capture_output=True, text=True,
+                                 check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + (" (with uncommitted changes)" if changed else "")
+
+
+def keep_best(sweep: Path, conf: Path = CONF, command: str = "") -> Path:
+    """Write the best trial of a finished `hparams_search` sweep to
+    `<conf>/tuned/<model>/<data>.yaml` and return that path.
+
+    The sweep's study must hold exactly the sweep's own trials, all finished, and no trial
+    may have computed a test metric: that is what makes tuned models comparable (the same
+    budget, chosen on validation only).
+    """
+    if not sweep.is_dir():
+        raise ConfigError(f"no sweep folder at {sweep}.")
+    if not (sweep / RESULTS).is_file():
+        raise ConfigError(f"{sweep} holds no {RESULTS}: pass the folder of a finished "
+                          "python src/train.py -m hparams_search=<model> sweep.")
+    jobs = {job_id(job)[0]: job for job in job_folders(sweep)}  # by Hydra job number
+    jobs.pop(None, None)
+    hydra = OmegaConf.load(next(iter(jobs.values())) / HYDRA).hydra
+    model, data = hydra.runtime.choices.get("hparams_search"), hydra.runtime.choices.data
+    if model is None:
+        raise ConfigError(f"{sweep} is not an hparams_search sweep (its jobs have no "
+                          "hparams_search choice).")
+    name = str(hydra.sweeper.study_name)
+    storage, path = _storage(hydra)
+    if path is not None and not path.is_file():
+        raise ConfigError(f"the study of {sweep} is gone: no {path}.")
+
+    import optuna  # only here: src/train.py should not pay its import
+
+    optuna.logging.set_verbosity(logging.WARNING)
+    try:
+        study = optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        raise ConfigError(f"{storage} holds no study {name}.") from None
+    trials = study.trials
+    finished = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if len(finished) != len(trials) or sorted(t.number for t in trials) != sorted(jobs):
+        raise ConfigError(
+            f"study {name} in {storage} holds {len(trials)} trials ({len(finished)} finished) "
+            f"where {sweep} ran {len(jobs)}: every model gets one sweep's budget, so delete "
+            f"{path or 'the study'} and run the sweep again.")
+    for trial in trials:
+        job = jobs[trial.number]
+        overrides = {str(o) for o in OmegaConf.load(job / ".hydra" / "overrides.yaml")}
+        if not {f"{k}={v}" for k, v in trial.params.items()} <= overrides:
+            raise ConfigError(f"trial {trial.number} of study {name} is not {job}: that study "
+                              "holds another sweep's trials; delete it and run the sweep again.")
+        metrics = json.loads((job / METRICS_FILE).read_text())
+        if tested := sorted(k for k in metrics if k.startswith("test/")):
+            raise ConfigError(f"{job} computed {tested[0]}: a tuning trial must never see "
+                              "test (test=false, as conf/tuning/optuna.yaml sets); run the "
+                              "sweep again without test=true.")
+
+    best = study.best_trial
+    job = jobs[best.number]
+    monitor = str(OmegaConf.load(job / CONFIG).monitor)
+    tuned = OmegaConf.create({"tuned": {
+        "model": model, "study": name, "trials": len(trials), "monitor": monitor,
+        "objective": best.value, "trial": best.number, "run": str(job)}})
+    for key, value in best.params.items():
+        OmegaConf.update(tuned, key, value, force_add=True)
+
+    # the sweep's command: what every trial shared (the searched values aside)
+    fixed = [str(o) for o in hydra.overrides.task if str(o).split("=")[0] not in best.params]
+    fixed += [str(o) for o in hydra.overrides.hydra if not str(o).startswith("hydra.mode=")]
+    header = [
+        "# @package _global_",
+        f"# The best of {len(trials)} Optuna trial{'s' * (len(trials) != 1)} of {model} on "
+        f"{data}: {monitor} {best.value:.4f} (trial {best.number}).",
+        f"# Study {name} in {storage}.",
+        f"# Sweep: python src/train.py -m {' '.join(fixed)}",
+        f"# Written {datetime.now().isoformat(timespec='seconds')} by {command or 'keep_best'}"
+        f" at commit {_git_commit()}.",
+        f"# Loaded by conf/row/{model}_tuned.yaml (docs/baselines.md, \"Tuning\").",
+    ]
+    out = conf / "tuned" / model / f"{data}.yaml"
+    text = "\n".join(header) + "\n" + OmegaConf.to_yaml(tuned)
+    atomic_write(out, lambda tmp: Path(tmp).write_text(text))
+    return out

@@ -1,0 +1,215 @@
+"""Fair tuning: hparams_search configs, a tiny Optuna study end to end, src/tune.py and the
+tuned rows that load its output."""
+
+import json
+import os
+import runpy
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+from conftest import ROOT
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import OmegaConf
+
+from microrec.errors import ConfigError
+from microrec.runs import HYDRA, job_folders
+from microrec.table import MODEL_ORDER, row_of
+from microrec.training import train
+from microrec.tuning import check_tuned, keep_best
+
+SEARCHES = sorted(p.stem for p in (ROOT / "conf" / "hparams_search").glob("*.yaml"))
+TINY_DATA = ["data.source.n_sessions=600", "data.source.n_items=60",
+             "data.source.n_categories=6", "data.batch_size=64"]
+
+
+def compose_job(overrides: list[str], conf: Path | None = None):
+    """One job's config with its Hydra node, as a running job sees it (HydraConfig set)."""
+    extra = [f"hydra.searchpath=[file://{conf}]"] if conf else []
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=[*overrides, *extra], return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    return cfg
+
+
+@pytest.fixture(autouse=True)
+def _no_hydra_config_left():
+    yield
+    HydraConfig.instance().cfg = None
+
+
+def test_every_search_shares_the_budget_and_searches_its_models_own_keys(tmp_path,
+                                                                         monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the storage's folder is made where the sweep runs
+    assert SEARCHES == ["gru4rec", "narm", "repeatnet", "rib", "sasrec"]
+    budgets = set()
+    for name in SEARCHES:
+        cfg = compose_job([f"hparams_search={name}", f"cache_dir={tmp_path}"])
+        sweeper = cfg.hydra.sweeper
+        budgets.add((sweeper.n_trials, sweeper.n_jobs, sweeper.sampler._target_,
+                     sweeper.sampler.seed, sweeper.direction, cfg.trainer.max_epochs))
+        assert cfg.hydra.runtime.choices["hydra/sweeper"] == "optuna"
+        assert sweeper.study_name == f"{name}_synthetic"
+        assert sweeper.storage == f"sqlite:///{tmp_path}/outputs/optuna/{name}_synthetic.db"
+        assert (tmp_path / "outputs" / "optuna").is_dir()
+        assert (cfg.test, list(cfg.predictions), cfg.monitor) == (False, [], "val/mrr@20")
+        assert cfg.callbacks.progress is None and "CSVLogger" in cfg.logger._target_
+        assert cfg.hydra.runtime.choices.model == name
+        for key in sweeper.params:  # a misspelt key would only fail inside a trial
+            assert OmegaConf.select(cfg, key, default="absent") != "absent", (name, key)
+        assert 5 <= len(sweeper.params) <= 6, name  # comparable search spaces
+        if name == "gru4rec":  # tuning must not turn GRU4Rec into another model
+            assert (cfg.model.attention, cfg.model.features, cfg.model.init) == \
+                (False, "sku", "random")
+            assert not {"model.attention", "model.features", "model.init"} & set(sweeper.params)
+    assert budgets == {(8, 1, "optuna.samplers.TPESampler", 0, "maximize", 8)}
+
+
+def test_every_search_has_a_tuned_row_in_experiment_tuned_and_in_the_table():
+    params = compose_job(["experiment=tuned"]).hydra.sweeper.params
+    assert params.row.split(",") == [f"{name}_tuned" for name in
+                                     ("gru4rec", "narm", "sasrec", "repeatnet", "rib")]
+    assert {f"{name}_tuned" for name in SEARCHES} == set(params.row.split(","))
+    for name in SEARCHES:
+        cfg = compose_job([f"+row={name}_tuned", "data=jd_computers"])
+        assert cfg.hydra.runtime.choices.tuned == f"{name}/jd_computers"
+        data_type, model = row_of(cfg.hydra.runtime.choices)
+        untuned = row_of(OmegaConf.create({**cfg.hydra.runtime.choices, "tuned": None}))
+        assert (data_type, model) == (untuned[0], untuned[1] + " (tuned)")
+        assert MODEL_ORDER.index(untuned[1]) < MODEL_ORDER.index(model)
+
+
+def test_a_missing_tuned_config_is_one_sentence_before_any_data_is_read(tmp_path):
+    cfg = compose_job(["+row=narm_tuned", "data=jd_computers", "logger=none",
+                       f"run_dir={tmp_path}", "data.path=/nowhere"])
+    assert "study" not in cfg.tuned  # the optional tuned file was not found
+    message = ("no tuned config for narm on jd_computers (conf/tuned/narm/jd_computers.yaml): "
+               "run python src/train.py -m hparams_search=narm data=jd_computers, then "
+               "python src/tune.py <folder>.")
+    with pytest.raises(ConfigError) as e:
+        train(cfg)  # data.path=/nowhere: reading the data would raise another error
+    assert str(e.value) == message
+    check_tuned(None, "jd_computers")  # an untuned run passes
+
+
+def test_test_predictions_without_testing_are_refused(tmp_path):
+    cfg = compose_job(["test=false", "predictions=[test]", "logger=none",
+                       f"run_dir={tmp_path}"])
+    with pytest.raises(ConfigError, match="with test=false: a run that never evaluates"):
+        train(cfg)
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    """A 2-trial study of NARM on tiny synthetic data, run as a user runs it, from `cwd`."""
+    cwd = tmp_path_factory.mktemp("tune")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env.update(HOME=str(cwd), OMP_NUM_THREADS="1")  # one thread: tiny models, shared CPUs
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "src" / "train.py"), "-m", "hparams_search=narm",
+         "hydra.sweeper.n_trials=2", "trainer.max_epochs=1", *TINY_DATA,
+         f"hydra.sweep.dir={cwd / 'sweep'}", f"cache_dir={cwd / 'cache'}"],
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return cwd
+
+
+def trials_on_disk(sweep: Path) -> list[tuple[dict, dict]]:
+    """(overrides as key -> value text, metrics) of every job folder, read without Optuna."""
+    found = []
+    for job in job_folders(sweep):
+        overrides = dict(str(o).split("=", 1) for o in
+                         OmegaConf.load(job / ".hydra" / "overrides.yaml"))
+        found.append((overrides, json.loads((job / "metrics.json").read_text())))
+    return found
+
+
+def test_a_study_keeps_its_best_trial_as_a_config_that_a_tuned_row_loads(study, capsys):
+    db = study / "outputs" / "optuna" / "narm_synthetic.db"
+    assert db.is_file()  # the default storage, its folder made by the sweep
+    trials = optuna.load_study(study_name="narm_synthetic", storage=f"sqlite:///{db}").trials
+    assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"]
+    on_disk = trials_on_disk(study / "sweep")
+    assert len(on_disk) == 2
+    for job in job_folders(study / "sweep"):  # tag(log, interval(..)) counts as swept too
+        assert job.name.split("_", 1)[1].startswith("model.lr="), job.name
+    for trial, (overrides, metrics) in zip(trials, on_disk, strict=True):
+        assert not [k for k in metrics if k.startswith("test")]  # test never computed
+        assert metrics["val/mrr@20"] == trial.value  # the objective is validation MRR@20
+        assert {k: overrides[k] for k in trial.params} == \
+            {k: str(v) for k, v in trial.params.items()}
+    best_overrides, best_metrics = max(on_disk, key=lambda t: t[1]["val/mrr@20"])
+
+    tune = runpy.run_path(str(ROOT / "src" / "tune.py"))["main"]
+    conf = study / "conf"
+    assert tune([str(study / "sweep"), "--conf", str(conf)]) == 0
+    out = conf / "tuned" / "narm" / "synthetic.yaml"
+    assert capsys.readouterr().out == f"written: {out}\n"
+    text = out.read_text()
+    assert text.startswith("# @package _global_\n# The best of 2 Optuna trials of narm on "
+                           "synthetic: val/mrr@20 ")
+    sweep_line = next(line for line in text.splitlines() if line.startswith("# Sweep: "))
+    assert sweep_line.startswith("# Sweep: python src/train.py -m hparams_search=narm ")
+    assert "trainer.max_epochs=1" in sweep_line and "hydra.sweeper.n_trials=2" in sweep_line
+    tuned = OmegaConf.load(out)
+    assert tuned.tuned.objective == best_metrics["val/mrr@20"]
+    assert (tuned.tuned.study, tuned.tuned.trials, tuned.tuned.model) == \
+        ("narm_synthetic", 2, "narm")
+    searched = {k: v for k, v in best_overrides.items() if k.startswith("model.")}
+    assert len(searched) == 6
+    assert {k: str(OmegaConf.select(tuned, k)) for k in searched} == searched
+    assert not list(out.parent.glob(".*.tmp"))
+
+    cfg = compose_job(["+row=narm_tuned", *TINY_DATA], conf=conf)
+    for key, value in searched.items():
+        assert str(OmegaConf.select(cfg, key)) == value
+    assert cfg.model._target_ == "microrec.models.narm.NARM" and cfg.test
+    assert cfg.tuned.objective == best_metrics["val/mrr@20"]
+    assert row_of(cfg.hydra.runtime.choices) == ("sku", "NARM (tuned)")
+    check_tuned(cfg.tuned, "synthetic")  # found: no error
+
+
+def copy_sweep(study: Path, to: Path) -> Path:
+    """A copy of the sweep and its study whose jobs name `to` as their working directory."""
+    shutil.copytree(study / "sweep", to / "sweep")
+    shutil.copytree(study / "outputs", to / "outputs")
+    for job in job_folders(to / "sweep"):
+        hydra = OmegaConf.load(job / HYDRA)
+        hydra.hydra.runtime.cwd = str(to)
+        OmegaConf.save(hydra, job / HYDRA)
+    return to / "sweep"
+
+
+def test_a_study_with_more_trials_than_its_sweep_is_refused(study, tmp_path):
+    sweep = copy_sweep(study, tmp_path)
+    db = f"sqlite:///{tmp_path / 'outputs' / 'optuna' / 'narm_synthetic.db'}"
+    extra = optuna.load_study(study_name="narm_synthetic", storage=db)
+    extra.tell(extra.ask({"model.lr": optuna.distributions.LogUniformDistribution(1e-4, 1e-2)}),
+               0.9)  # an earlier sweep's trial: more budget than the other models had
+    with pytest.raises(ConfigError, match="holds 3 trials .3 finished. where .* ran 2: every "
+                                          "model gets one sweep's budget, so delete"):
+        keep_best(sweep, tmp_path / "conf")
+    assert not (tmp_path / "conf").exists()
+
+
+def test_a_trial_that_computed_test_metrics_is_refused(study, tmp_path):
+    sweep = copy_sweep(study, tmp_path)
+    job = job_folders(sweep)[1]
+    metrics = json.loads((job / "metrics.json").read_text())
+    (job / "metrics.json").write_text(json.dumps({**metrics, "test/mrr@20": 0.5}))
+    with pytest.raises(ConfigError, match="computed test/mrr@20: a tuning trial must never"):
+        keep_best(sweep, tmp_path / "conf")
+
+
+def test_tune_errors_are_one_line(tmp_path, capsys):
+    tune = runpy.run_path(str(ROOT / "src" / "tune.py"))["main"]
+    assert tune([str(tmp_path / "nowhere")]) == 1
+    assert capsys.readouterr().err == f"error: no sweep folder at {tmp_path / 'nowhere'}.\n"
+    assert tune([str(tmp_path)]) == 1
+    assert capsys.readouterr().err == (
+        f"error: {tmp_path} holds no optimization_results.yaml: pass the folder of a finished "
+        "python src/train.py -m hparams_search=<model> sweep.\n")
