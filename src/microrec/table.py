@@ -35,9 +35,12 @@ BASELINES = {"pop": "POP", "bpr_mf": "BPR-MF", "item_knn": "Item-KNN", "word2vec
 NEURAL_PEERS = {"narm": "NARM", "sasrec": "SASRec", "repeatnet": "RepeatNet", "gru4rec": "GRU4Rec"}
 # a `*_tuned` row (conf/row/): the model with its Optuna study's best hyperparameters
 TUNED = " (tuned)"
+# RIB's output-layer options (issue 12), each an ablation row of its own
+RIB_HEADS = ["RIB (tied)", "RIB (repeat-explore)", "RIB (repeat-explore, tied)",
+             "RIB (repeat-explore, tied, neighbours)"]
 MODEL_ORDER = [*BASELINES.values(), *NEURAL_PEERS.values(),
                *(name + TUNED for name in NEURAL_PEERS.values()), "RIB w/o attention", "RIB",
-               "RIB" + TUNED]
+               "RIB" + TUNED, *RIB_HEADS, *(name + TUNED for name in RIB_HEADS)]
 
 
 @dataclass
@@ -52,13 +55,14 @@ class Job:
     metrics: dict | None  # None: no metrics.json, the job failed or is unfinished
 
 
-def row_of(choices) -> tuple[str, str]:
-    """(data type, model name) of a job from its Hydra choices."""
-    data_type, name = _row_of(choices)
+def row_of(choices, model=None) -> tuple[str, str]:
+    """(data type, model name) of a job from its Hydra choices and, for RIB's output-layer
+    options (`model.tied`, `model.neighbours`), its model config."""
+    data_type, name = _row_of(choices, model or {})
     return data_type, name + (TUNED if choices.get("tuned") else "")
 
 
-def _row_of(choices) -> tuple[str, str]:
+def _row_of(choices, model) -> tuple[str, str]:
     if choices.model in BASELINES:
         return "sku", BASELINES[choices.model]  # baselines read products only
     if choices.model in NEURAL_PEERS:
@@ -66,9 +70,14 @@ def _row_of(choices) -> tuple[str, str]:
     if choices.model != "rib":
         return choices.features, choices.model
     name = "RIB" if choices.get("attention") == "on" else "RIB w/o attention"
-    if choices.get("encoder") not in (None, "gru"):
-        name += f" ({choices.encoder.upper()})"
-    return choices.features, name
+    options = [choices.encoder.upper()] if choices.get("encoder") not in (None, "gru") else []
+    if choices.get("head") == "repeat_explore":
+        options.append("repeat-explore")
+    if model.get("tied"):
+        options.append("tied")
+    if model.get("neighbours"):
+        options.append("neighbours")
+    return choices.features, name + (f" ({', '.join(options)})" if options else "")
 
 
 def read_jobs(folders: list[Path]) -> list[Job]:
@@ -78,7 +87,7 @@ def read_jobs(folders: list[Path]) -> list[Job]:
         choices = OmegaConf.load(job / HYDRA).hydra.runtime.choices
         config = OmegaConf.load(job / CONFIG)
         metrics = job / METRICS_FILE
-        data_type, model = row_of(choices)
+        data_type, model = row_of(choices, config.get("model"))
         data = OmegaConf.to_container(config.data)
         data_seed = int(data.pop("seed", 0))  # splits of one data set are repetitions
         jobs.append(Job(job, choices.data, data_type, model, int(config.seed), data_seed,
