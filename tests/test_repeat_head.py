@@ -2,6 +2,7 @@
 
 import itertools
 
+import numpy as np
 import pytest
 import pytorch_lightning as L
 import torch
@@ -166,3 +167,112 @@ def test_an_unknown_head_is_refused_in_one_sentence(dm):
 
     with pytest.raises(ConfigError, match="unknown head 'mixture'"):
         rib(dm, head="mixture")
+
+
+# -- model.neighbours: the co-occurrence expert ---------------------------------------------
+def session_sets(split) -> list[set[int]]:
+    """Each session's known products, by brute force over its tokens."""
+    bounds = [0, *split.session_end.tolist()]
+    return [{int(i) for i in split.tokens[a:b, 0] if i >= NUM_SPECIAL}
+            for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
+
+def brute_force_counts(sessions: list[set[int]], n_items: int) -> np.ndarray:
+    """(N, N) sessions holding both i and j, i != j."""
+    both = np.zeros((n_items, n_items))
+    for s in sessions:
+        for i in s:
+            for j in s:
+                both[i, j] += i != j
+    return both
+
+
+def expected_scores(batch, both: np.ndarray, own: list[set[int]] | None) -> np.ndarray:
+    """log(1 + C_all) and log(1 + C_last) of each row, by brute force."""
+    rows = []
+    for r in range(batch["item"].size(0)):
+        inputs = batch["item"][r, : batch["length"][r]].tolist()
+        counts = both.copy()
+        if own is not None:  # the example's own session taken out
+            for i in own[r]:
+                for j in own[r]:
+                    counts[i, j] -= i != j
+        distinct = {i for i in inputs if i >= NUM_SPECIAL}
+        c_all = sum((counts[i] for i in distinct), np.zeros(both.shape[0]))
+        c_last = counts[inputs[-1]] if inputs[-1] >= NUM_SPECIAL else np.zeros(both.shape[0])
+        rows.append(np.stack([np.log1p(c_all), np.log1p(c_last)]))
+    return np.stack(rows)  # (B, 2, N)
+
+
+@pytest.mark.parametrize("split", ["val", "train"])
+def test_neighbour_scores_are_the_co_occurrence_counts(dm, split):
+    """Every partner kept (k >= N): the expert's two scores equal a brute-force count; on a
+    training batch each example's own session is left out of it."""
+    train = dm.prepared.splits["train"]
+    model = rib(dm, tied=True, neighbours=dm.n_items)
+    model.cooccurrence.fit(train)
+    sessions = session_sets(train)
+    both = brute_force_counts(sessions, dm.n_items)
+    batch = dm.dataset(split)[list(range(0, 40, 2))]
+    own = None
+    if split == "train":
+        session = np.searchsorted(train.session_end, train.first[batch["index"].numpy()],
+                                  side="right")
+        own = [sessions[s] for s in session]
+    expected = expected_scores(batch, both, own)
+    with torch.no_grad():
+        for w, which in (([1.0, 0.0], 0), ([0.0, 1.0], 1)):
+            model.cooccurrence.weight.copy_(torch.tensor(w))
+            got = model.cooccurrence(batch, leave_out=split == "train")
+            np.testing.assert_allclose(got.numpy(), expected[:, which], atol=1e-5)
+    if split == "train":  # the leak is real: without leaving out, the target always counts
+        assert (expected[:, 0].max(1) > 0).any()
+
+
+def test_each_product_keeps_its_most_frequent_partners(dm):
+    train = dm.prepared.splits["train"]
+    k = 5
+    model = rib(dm, neighbours=k)
+    model.cooccurrence.fit(train)
+    both = brute_force_counts(session_sets(train), dm.n_items)
+    partner, count = model.cooccurrence.partner.numpy(), model.cooccurrence.count.numpy()
+    for i in range(NUM_SPECIAL, dm.n_items):
+        kept = count[i] > 0
+        np.testing.assert_array_equal(count[i][kept], both[i, partner[i][kept]])
+        top = np.sort(both[i])[::-1][:k]
+        np.testing.assert_array_equal(np.sort(count[i])[::-1], top)
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_sampled_loss_with_neighbours_is_the_full_loss(dm, tied):
+    batch = batch_with_a_lone_product(dm)
+    model = rib(dm, tied=tied, loss="sampled", neighbours=10).eval()
+    model.cooccurrence.fit(dm.prepared.splits["train"])
+    n = dm.n_items
+    model.log_q = torch.full((n,), -torch.log(torch.tensor(float(n - NUM_SPECIAL))))
+    with torch.no_grad():
+        sampled = model.sampled_loss(batch, torch.arange(NUM_SPECIAL, n))
+        full = model.training_loss(batch)
+    assert torch.allclose(sampled, full, atol=1e-5)
+
+
+def test_neighbours_train_reload_and_score_new_products(dm, tmp_path):
+    L.seed_everything(0)
+    model = rib(dm, tied=True, neighbours=10)
+    trainer = L.Trainer(max_epochs=1, **QUIET)
+    trainer.fit(model, datamodule=dm)  # setup fits the counts from the training split
+    assert model.cooccurrence.count.sum() > 0
+    assert not torch.equal(model.cooccurrence.weight.detach(), torch.ones(2))  # learned
+    path = tmp_path / "model.ckpt"
+    trainer.save_checkpoint(path)
+    reloaded = RIB.load_from_checkpoint(path).eval()
+    batch = dm.dataset("test")[list(range(20))]
+    with torch.no_grad():
+        assert torch.equal(model.eval()(batch), reloaded(batch))
+
+
+def test_neighbours_need_the_repeat_explore_head(dm):
+    from microrec.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="head=repeat_explore"):
+        rib(dm, head="softmax", neighbours=10)
