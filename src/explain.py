@@ -6,7 +6,9 @@
 
 Writes to --out (default outputs/explain/<date>/<time>): attention_example (one test
 sequence, every run's weights side by side, Figure 8), attention_by_activity,
-attention_by_dwell, metrics_by_length (a PNG and its CSV each) and summary.json.
+attention_by_dwell, metrics_by_length (a PNG and its CSV each) and summary.json; runs with
+head=repeat_explore add repeat_example, repeat_by_activity, repeat_by_dwell,
+repeat_by_last_activity and repeat_gate (docs/analysis.md).
 Paths are plain arguments, not Hydra overrides: job folders are named like 0_features=sku
 and Hydra's override grammar does not take an unquoted '='.
 """
