@@ -1,0 +1,144 @@
+"""Cost of RIB's output heads per training step at paper scale. Prints one JSON line per
+configuration, then a table with each one's time relative to the paper's softmax head.
+
+    python benchmarks/heads.py                                  # CPU, paper scale
+    python benchmarks/heads.py --device cuda                    # on a GPU
+    python benchmarks/heads.py --items 20000 --steps 5          # a quick look
+
+A step is what training does per batch: the loss of `RIB.training_loss` (loss=full) or
+`RIB.sampled_loss` (loss=sampled, `--negatives` popularity-drawn negatives), backward and
+the optimizer step(s), on the same random batches for every configuration: `--batch`
+inputs of 1..`--max-len` micro-behaviors over `--items` products (the paper's Appliances
+catalogue: 115k), features=full, attention on, the model's default sizes. The co-occurrence
+expert (model.neighbours) is fitted on random training sessions, so its partner lists are
+full, as on real data; its fitting (once per run) is not timed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from microrec.models.rib import RIB  # noqa: E402
+from microrec.protocol import SplitArrays  # noqa: E402
+from microrec.schema import NUM_SPECIAL  # noqa: E402
+
+CONFIGS = {  # name: RIB arguments
+    "softmax": dict(head="softmax"),
+    "softmax, tied": dict(head="softmax", tied=True),
+    "repeat-explore": dict(head="repeat_explore"),
+    "repeat-explore, tied": dict(head="repeat_explore", tied=True),
+    "repeat-explore, tied, neighbours": dict(head="repeat_explore", tied=True, neighbours=100),
+}
+N_ACTIVITIES, N_DWELL = 12, 8
+
+
+def random_sessions(args, rng) -> tuple[SplitArrays, int]:
+    """A training split of random sessions (Zipf-like products), for the expert's counts."""
+    lengths = rng.integers(2, 2 * args.session_len, args.sessions)
+    items = NUM_SPECIAL + (rng.zipf(1.3, lengths.sum()) - 1) % (args.items - NUM_SPECIAL)
+    tokens = np.zeros((items.size, 3), dtype=np.int32)
+    tokens[:, 0] = items
+    session_end = np.cumsum(lengths)
+    first = np.repeat(session_end - lengths, lengths - 1)  # one example per later position
+    n = first.size
+    empty = np.zeros(n, dtype=np.int64)
+    return SplitArrays(tokens, first, first + 1, empty, empty, empty, session_end,
+                       np.full(lengths.size, np.nan)), n
+
+
+def random_batches(args, n_examples: int, rng, device) -> list[dict[str, torch.Tensor]]:
+    batches = []
+    for _ in range(args.warmup + args.steps):
+        length = torch.as_tensor(rng.integers(1, args.max_len + 1, args.batch))
+        shape = (args.batch, int(length.max()))
+        real = torch.arange(shape[1])[None, :] < length[:, None]  # (B, T)
+        item, activity, dwell = (torch.as_tensor(rng.integers(NUM_SPECIAL, high, shape)) * real
+                                 for high in (args.items, N_ACTIVITIES, N_DWELL))
+        batch = {"item": item, "activity": activity, "dwell": dwell, "length": length,
+                 "target": torch.as_tensor(rng.integers(NUM_SPECIAL, args.items, args.batch)),
+                 "index": torch.as_tensor(rng.integers(0, n_examples, args.batch))}
+        batches.append({k: v.to(device) for k, v in batch.items()})
+    return batches
+
+
+def time_steps(model: RIB, batches, args, device) -> float:
+    """Mean seconds per step over batches[warmup:]."""
+    model.train()
+    optimizers = model.configure_optimizers()
+    optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    for i, batch in enumerate(batches):
+        if i == args.warmup:
+            sync()
+            started = time.perf_counter()
+        if model.sampled:
+            negatives = torch.multinomial(model.log_q.exp(), args.negatives, replacement=True)
+            loss = model.sampled_loss(batch, negatives)
+        else:
+            loss = model.training_loss(batch)
+        for opt in optimizers:
+            opt.zero_grad()
+        loss.backward()
+        for opt in optimizers:
+            opt.step()
+    sync()
+    return (time.perf_counter() - started) / args.steps
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--items", type=int, default=115_000)
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--max-len", type=int, default=50)
+    parser.add_argument("--sessions", type=int, default=200_000,
+                        help="random training sessions the co-occurrence counts come from")
+    parser.add_argument("--session-len", type=int, default=8)
+    parser.add_argument("--negatives", type=int, default=2048)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out", type=Path, help="also write the JSON lines here")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    rng = np.random.default_rng(0)
+    train, n_examples = random_sessions(args, rng)
+    batches = random_batches(args, n_examples, rng, device)
+    log_q_source = rng.integers(NUM_SPECIAL, args.items, 100_000)  # popularity for sampling
+    rows = []
+    for loss in ("full", "sampled"):
+        for name, options in CONFIGS.items():
+            torch.manual_seed(0)
+            model = RIB(args.items, N_ACTIVITIES, N_DWELL, init="random", loss=loss,
+                        n_negatives=args.negatives, **options)
+            if model.cooccurrence is not None:
+                model.cooccurrence.fit(train)
+            model = model.to(device)
+            model.set_sampling(log_q_source)
+            seconds = time_steps(model, batches, args, device)
+            row = {"loss": loss, "head": name, "ms_per_step": round(1000 * seconds, 2),
+                   "parameters": sum(p.numel() for p in model.parameters()),
+                   "device": torch.cuda.get_device_name(device) if device.type == "cuda"
+                   else f"cpu ({torch.get_num_threads()} threads)",
+                   "items": args.items, "batch": args.batch}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    if args.out:
+        args.out.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    print("\n| loss | head | ms / step | x softmax | parameters |\n|---|---|---|---|---|")
+    for r in rows:
+        base = next(b for b in rows if b["loss"] == r["loss"] and b["head"] == "softmax")
+        print(f"| {r['loss']} | {r['head']} | {r['ms_per_step']:.1f} | "
+              f"{r['ms_per_step'] / base['ms_per_step']:.2f} | {r['parameters']:,} |")
+
+
+if __name__ == "__main__":
+    main()
