@@ -279,10 +279,10 @@ def test_neighbours_need_the_repeat_explore_head(dm):
 
 
 def test_each_output_layer_row_builds_its_model_and_names_its_row(tmp_path):
+    from conftest import compose_cfg
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    from conftest import compose_cfg
     from microrec.table import MODEL_ORDER, row_of
 
     sizes = dict(n_items=30, n_activities=12, n_dwell=8)
