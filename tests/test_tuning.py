@@ -218,6 +218,6 @@ def test_tune_errors_are_one_line(tmp_path, capsys):
 
 def test_the_tuned_comparison_trains_as_long_as_the_studies_did():
     study = compose_job(["hparams_search=narm"])
-    table = compose_job(["experiment=tuned", "+row=narm_tuned"])
+    table = compose_job(["experiment=tuned", "row=narm_tuned"])
     assert table.trainer.max_epochs == study.trainer.max_epochs
     assert table.callbacks.early_stopping.patience == study.callbacks.early_stopping.patience
