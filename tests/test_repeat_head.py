@@ -219,6 +219,9 @@ def test_neighbour_scores_are_the_co_occurrence_counts(dm, split):
         session = np.searchsorted(train.session_end, train.first[batch["index"].numpy()],
                                   side="right")
         own = [sessions[s] for s in session]
+        for r, products in enumerate(own):  # the mapping really finds each example's session
+            inputs = set(batch["item"][r, : batch["length"][r]].tolist()) - {PAD}
+            assert inputs <= products and int(batch["target"][r]) in products
     expected = expected_scores(batch, both, own)
     with torch.no_grad():
         for w, which in (([1.0, 0.0], 0), ([0.0, 1.0], 1)):
