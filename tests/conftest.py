@@ -39,3 +39,16 @@ def compose_cfg(tmp_path: Path, overrides: list[str] = (), tiny: bool = True):
 @pytest.fixture
 def cfg_factory(tmp_path):
     return lambda *overrides, tiny=True: compose_cfg(tmp_path, list(overrides), tiny)
+
+
+@pytest.fixture(scope="module")
+def dm(tmp_path_factory):
+    """A small synthetic data module (400 sessions, 50 products) for model-level tests."""
+    from microrec.data import MicroDataModule
+    from microrec.synthetic import SyntheticSource
+
+    data = MicroDataModule(SyntheticSource(n_sessions=400, n_items=50, n_categories=5),
+                           batch_size=32, eval_batch_size=64,
+                           cache_dir=str(tmp_path_factory.mktemp("cache")))
+    data.setup()
+    return data

@@ -7,23 +7,12 @@ import pytest
 import pytorch_lightning as L
 import torch
 
-from microrec.data import MicroDataModule
 from microrec.models.rib import RIB
 from microrec.schema import FEATURES, PAD
-from microrec.synthetic import SyntheticSource
 from microrec.word2vec import train_vectors
 
 SMALL = dict(item_dim=8, activity_dim=4, dwell_dim=4, hidden_size=12, attention_size=6,
              init="random")
-
-
-@pytest.fixture(scope="module")
-def dm(tmp_path_factory):
-    data = MicroDataModule(SyntheticSource(n_sessions=400, n_items=50, n_categories=5),
-                           batch_size=32, eval_batch_size=64,
-                           cache_dir=str(tmp_path_factory.mktemp("cache")))
-    data.setup()
-    return data
 
 
 def rib(dm, **kw):

@@ -31,15 +31,6 @@ QUIET = dict(logger=False, enable_checkpointing=False, enable_progress_bar=False
              enable_model_summary=False)
 
 
-@pytest.fixture(scope="module")
-def dm(tmp_path_factory):
-    data = MicroDataModule(SyntheticSource(n_sessions=400, n_items=50, n_categories=5),
-                           batch_size=32, eval_batch_size=64,
-                           cache_dir=str(tmp_path_factory.mktemp("cache")))
-    data.setup()
-    return data
-
-
 def build(dm, name, **kw):
     return MODELS[name](dm.n_items, dm.n_activities, dm.n_dwell, **{**SMALL[name], **kw})
 

@@ -8,10 +8,8 @@ import pytorch_lightning as L
 import torch
 import torch.nn.functional as F
 
-from microrec.data import MicroDataModule
 from microrec.models.rib import RIB, repeat_candidates
 from microrec.schema import FEATURES, NUM_SPECIAL, PAD
-from microrec.synthetic import SyntheticSource
 
 SMALL = dict(item_dim=8, activity_dim=4, dwell_dim=4, hidden_size=12, attention_size=6,
              init="random", head="repeat_explore")
@@ -19,17 +17,17 @@ QUIET = dict(logger=False, enable_checkpointing=False, enable_progress_bar=False
              enable_model_summary=False)
 
 
-@pytest.fixture(scope="module")
-def dm(tmp_path_factory):
-    data = MicroDataModule(SyntheticSource(n_sessions=400, n_items=50, n_categories=5),
-                           batch_size=32, eval_batch_size=64,
-                           cache_dir=str(tmp_path_factory.mktemp("cache")))
-    data.setup()
-    return data
-
-
 def rib(dm, **kw):
     return RIB(dm.n_items, dm.n_activities, dm.n_dwell, **{**SMALL, **kw})
+
+
+def sampled_and_full_loss(model, batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """The sampled loss with every real product drawn once under a uniform q (K q = 1: no
+    logQ shift), and the full loss, of the same batch."""
+    n = model.embed.item.num_embeddings
+    model.log_q = torch.full((n,), -torch.log(torch.tensor(float(n - NUM_SPECIAL))))
+    with torch.no_grad():
+        return model.sampled_loss(batch, torch.arange(NUM_SPECIAL, n)), model.training_loss(batch)
 
 
 def batch_with_a_lone_product(dm):
@@ -99,12 +97,7 @@ def test_sampled_loss_with_every_product_as_negative_is_the_full_loss(dm, tied):
     products from the negatives must give exactly the explore softmax."""
     batch = batch_with_a_lone_product(dm)
     model = rib(dm, tied=tied, loss="sampled").eval()
-    n = dm.n_items
-    model.log_q = torch.full((n,), -torch.log(torch.tensor(float(n - NUM_SPECIAL))))
-    with torch.no_grad():
-        sampled = model.sampled_loss(batch, torch.arange(NUM_SPECIAL, n))
-        full = model.training_loss(batch)
-    assert torch.allclose(sampled, full, atol=1e-5)
+    assert torch.allclose(*sampled_and_full_loss(model, batch), atol=1e-5)
 
 
 def test_scores_do_not_depend_on_padding(dm):
@@ -251,12 +244,7 @@ def test_sampled_loss_with_neighbours_is_the_full_loss(dm, tied):
     batch = batch_with_a_lone_product(dm)
     model = rib(dm, tied=tied, loss="sampled", neighbours=10).eval()
     model.cooccurrence.fit(dm.prepared.splits["train"])
-    n = dm.n_items
-    model.log_q = torch.full((n,), -torch.log(torch.tensor(float(n - NUM_SPECIAL))))
-    with torch.no_grad():
-        sampled = model.sampled_loss(batch, torch.arange(NUM_SPECIAL, n))
-        full = model.training_loss(batch)
-    assert torch.allclose(sampled, full, atol=1e-5)
+    assert torch.allclose(*sampled_and_full_loss(model, batch), atol=1e-5)
 
 
 def test_neighbours_train_reload_and_score_new_products(dm, tmp_path):
