@@ -85,16 +85,26 @@ def test_every_search_has_a_tuned_row_in_experiment_tuned_and_in_the_table():
 
 
 def test_a_missing_tuned_config_is_one_sentence_before_any_data_is_read(tmp_path):
-    cfg = compose_job(["+row=narm_tuned", "data=jd_computers", "logger=none",
+    # no study has been kept for OTTO (conf/tuned/ holds the JD samples' only)
+    assert not (ROOT / "conf" / "tuned" / "narm" / "otto.yaml").exists()
+    cfg = compose_job(["+row=narm_tuned", "data=otto", "logger=none",
                        f"run_dir={tmp_path}", "data.path=/nowhere"])
     assert "study" not in cfg.tuned  # the optional tuned file was not found
-    message = ("no tuned config for narm on jd_computers (conf/tuned/narm/jd_computers.yaml): "
-               "run python src/train.py -m hparams_search=narm data=jd_computers, then "
+    message = ("no tuned config for narm on otto (conf/tuned/narm/otto.yaml): "
+               "run python src/train.py -m hparams_search=narm data=otto, then "
                "python src/tune.py <folder>.")
     with pytest.raises(ConfigError) as e:
         train(cfg)  # data.path=/nowhere: reading the data would raise another error
     assert str(e.value) == message
-    check_tuned(None, "jd_computers")  # an untuned run passes
+    check_tuned(None, "otto")  # an untuned run passes
+
+
+def test_a_kept_study_is_loaded_by_its_row():
+    """The committed tuned configs load through the rows (conf/tuned/narm/jd_computers.yaml)."""
+    cfg = compose_job(["+row=narm_tuned", "data=jd_computers"])
+    kept = OmegaConf.load(ROOT / "conf" / "tuned" / "narm" / "jd_computers.yaml")
+    assert cfg.tuned.study == kept.tuned.study == "narm_jd_computers"
+    assert all(cfg.model[key] == value for key, value in kept.model.items())
 
 
 def test_test_predictions_without_testing_are_refused(tmp_path):
