@@ -13,6 +13,32 @@ from microrec.protocol import SplitArrays
 from microrec.schema import NUM_SPECIAL, PAD
 
 
+def session_cooccurrence(train: SplitArrays, n_items: int):
+    """The training split's (S, N) 0/1 session x product incidence, each product's session
+    count Freq(i) (N,), and the off-diagonal co-occurrence as (row i, col j, sessions holding
+    both) entries."""
+    session, item = macro_visits(train)
+    # duplicates are summed on construction, then set to 1: a product counts once per session
+    contains = sp.csr_matrix((np.ones(item.size), (session, item)),
+                             shape=(train.session_end.size, n_items))
+    contains.data[:] = 1.0
+    freq = np.asarray(contains.sum(axis=0)).ravel()  # (N,)
+    both = (contains.T @ contains).tocoo()  # (N, N), sparse
+    off = both.row != both.col
+    return contains, freq, both.row[off], both.col[off], both.data[off]
+
+
+def keep_top(row: np.ndarray, col: np.ndarray, value: np.ndarray, k: int):
+    """Each row's k largest values, largest first (equal values by column): the (row, rank)
+    slots as tensors, and the kept columns and values."""
+    order = np.lexsort((col, -value, row))
+    row, col, value = row[order], col[order], value[order]
+    rank = np.arange(row.size) - np.searchsorted(row, row)  # position inside its row
+    keep = rank < k
+    at = (torch.from_numpy(row[keep].astype(np.int64)), torch.from_numpy(rank[keep]))
+    return at, torch.from_numpy(col[keep].astype(np.int64)), torch.from_numpy(value[keep])
+
+
 class Cooccurrence(nn.Module):
     """Scores a * log(1 + C_all(j)) + b * log(1 + C_last(j)) with learned a, b.
 
@@ -39,26 +65,13 @@ class Cooccurrence(nn.Module):
 
     def fit(self, train: SplitArrays) -> None:
         """Count co-occurrences in the training split's sessions."""
-        n_items, k = self.partner.shape
-        session, item = macro_visits(train)
-        n_sessions = train.session_end.size
-        contains = sp.csr_matrix((np.ones(item.size), (session, item)),
-                                 shape=(n_sessions, n_items))
-        contains.data[:] = 1.0  # a product counts once per session
-        contains.sum_duplicates()
-        both = (contains.T @ contains).tocoo()  # (N, N) sessions holding i and j
-        off = both.row != both.col
-        row, col, count = both.row[off], both.col[off], both.data[off]
-        order = np.lexsort((col, -count, row))  # by product, most frequent partner first
-        row, col, count = row[order], col[order], count[order]
-        rank = np.arange(row.size) - np.searchsorted(row, row)  # position inside its row
-        keep = rank < k
-        at = (torch.from_numpy(row[keep].astype(np.int64)), torch.from_numpy(rank[keep]))
+        contains, _, row, col, count = session_cooccurrence(train, self.partner.size(0))
+        at, partner, count = keep_top(row, col, count, self.partner.size(1))
         device = self.partner.device
         self.partner.fill_(PAD)
         self.count.zero_()
-        self.partner[at] = torch.from_numpy(col[keep].astype(np.int64)).to(device)
-        self.count[at] = torch.from_numpy(count[keep]).float().to(device)
+        self.partner[at] = partner.to(device)
+        self.count[at] = count.float().to(device)
         contains.sort_indices()
         self.session_ptr = torch.from_numpy(contains.indptr.astype(np.int64)).to(device)
         self.session_item = torch.from_numpy(contains.indices.astype(np.int64)).to(device)

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import numpy as np
-import scipy.sparse as sp
 import torch
 
 from microrec.errors import ConfigError
 from microrec.metrics import KS
-from microrec.models.base import FitFromData, last_items, macro_visits, mask_special_
+from microrec.models.base import FitFromData, last_items, mask_special_
+from microrec.models.cooccurrence import keep_top, session_cooccurrence
 from microrec.schema import PAD
 
 
@@ -39,28 +38,14 @@ class ItemKNN(FitFromData):
         self.register_buffer("similarity", torch.zeros(n_items, neighbours))  # (N, K)
 
     def fit(self, dm) -> None:
-        n_items, k = self.neighbours.shape
-        train = dm.prepared.splits["train"]
-        session, item = macro_visits(train)
-        # (S, N) session x product incidence, 1 where the session contains the product
-        contains = sp.csr_matrix((np.ones(item.size), (session, item)),
-                                 shape=(train.session_end.size, n_items))
-        contains.data[:] = 1.0  # duplicates were summed: a product counts once per session
-        freq = np.asarray(contains.sum(axis=0)).ravel()  # (N,) Freq(i)
-        both = (contains.T @ contains).tocoo()  # (N, N) Freq(ij), sparse
-        off_diagonal = both.row != both.col
-        row, col = both.row[off_diagonal], both.col[off_diagonal]
-        sim = both.data[off_diagonal] / (freq[row] * freq[col])
-
-        order = np.lexsort((-sim, row))  # by product, most similar first
-        row, col, sim = row[order], col[order], sim[order]
-        rank = np.arange(row.size) - np.searchsorted(row, row)  # position inside its row
-        keep = rank < k
-        at = (torch.from_numpy(row[keep].astype(np.int64)), torch.from_numpy(rank[keep]))
+        _, freq, row, col, both = session_cooccurrence(dm.prepared.splits["train"],
+                                                       self.neighbours.size(0))
+        at, neighbour, sim = keep_top(row, col, both / (freq[row] * freq[col]),
+                                      self.neighbours.size(1))
         self.neighbours.fill_(PAD)
         self.similarity.zero_()
-        self.neighbours[at] = torch.from_numpy(col[keep].astype(np.int64))
-        self.similarity[at] = torch.from_numpy(sim[keep]).float()
+        self.neighbours[at] = neighbour
+        self.similarity[at] = sim.float()
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         last = last_items(batch)  # (B,)
