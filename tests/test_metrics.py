@@ -2,7 +2,8 @@
 
 import torch
 
-from microrec.metrics import RankingMetrics
+from microrec.metrics import RankingMetrics, target_rank
+from microrec.models.base import example_results
 from microrec.schema import NUM_SPECIAL, UNK
 
 
@@ -51,3 +52,33 @@ def test_padding_and_unknown_columns_never_outrank_the_target():
     metric = RankingMetrics(ks=(1,))
     metric.update(scores, torch.tensor([2]))
     assert metric.compute()["mrr@1"] == 1.0
+
+
+def test_a_non_finite_score_never_improves_a_metric():
+    nan, inf = float("nan"), float("inf")
+    # rows: the target NaN, +inf, -inf; then a finite target beside NaN and +inf rivals
+    scores = torch.tensor([[0.0, 0.0, nan, 1.0, 2.0],
+                           [0.0, 0.0, inf, 1.0, 2.0],
+                           [0.0, 0.0, -inf, 1.0, 2.0],
+                           [0.0, 0.0, 1.0, nan, inf]])
+    target = torch.tensor([2, 2, 2, 2])
+    assert target_rank(scores, target).tolist() == [4, 4, 4, 1]  # N - 2 + 1 = 4: a miss
+    metric = RankingMetrics(ks=(5,))
+    metric.update(scores[:3], target[:3])  # a catalogue of 3: every finite target is a hit
+    assert metric.compute()["recall@5"] == 0 and metric.compute()["mrr@5"] == 0
+
+
+def test_a_diverged_model_ranks_nothing_and_its_top_list_is_defined():
+    from microrec.models.base import Recommender
+
+    class Diverged(Recommender):
+        def forward(self, batch):
+            return torch.full((batch["item"].size(0), 30), float("nan"))
+
+    batch = {"item": torch.tensor([[5, 6]]), "length": torch.tensor([2]),
+             "target": torch.tensor([7]), "index": torch.tensor([0])}
+    model = Diverged()
+    ranked = model.ranked(batch)
+    assert not ranked.isnan().any()
+    assert target_rank(ranked, batch["target"]).item() == 29  # a miss, not rank 0
+    assert example_results(batch, ranked)["top"].shape == (1, 20)  # was an IndexError

@@ -15,13 +15,16 @@ def target_rank(scores: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
     scores: (B, N) over all item ids; padding and unknown columns are ignored.
     target: (B,) item ids; a target below NUM_SPECIAL (unknown product) gets rank N + 1, a miss.
+    A non-finite score (NaN or inf, a diverged model) ranks after every finite one: a target
+    scored so is a miss, and another product scored so never outranks the target. Every
+    comparison with NaN is false, so without this rule a NaN target would rank 0 (1/0 = inf).
     """
     scores = scores[:, NUM_SPECIAL:]  # (B, N - 2) real products only
-    known = target >= NUM_SPECIAL
     column = (target - NUM_SPECIAL).clamp(min=0)
     target_score = scores.gather(1, column[:, None])  # (B, 1)
-    rank = (scores >= target_score).sum(1)  # (B,)
-    return torch.where(known, rank, torch.full_like(rank, scores.size(1) + 1))
+    rank = ((scores >= target_score) & scores.isfinite()).sum(1)  # (B,)
+    counted = (target >= NUM_SPECIAL) & target_score[:, 0].isfinite()  # (B,)
+    return torch.where(counted, rank, torch.full_like(rank, scores.size(1) + 1))
 
 
 class RankingMetrics(Metric):
@@ -41,8 +44,9 @@ class RankingMetrics(Metric):
 
     def update(self, scores: torch.Tensor, target: torch.Tensor) -> None:
         rank = target_rank(scores, target).to(torch.float64)  # (B,)
+        n = scores.size(1) - NUM_SPECIAL  # rank n + 1 is a miss even in a catalogue below k
         for i, k in enumerate(self.ks):
-            inside = rank <= k
+            inside = rank <= min(k, n)
             self.hits[i] += inside.sum()
             self.rr[i] += torch.where(inside, 1.0 / rank, torch.zeros_like(rank)).sum()
         self.count += rank.numel()

@@ -9,7 +9,8 @@ One row per evaluated example, from the very scores the metric ranked:
 | `session` | int64 | its session id as in the source |
 | `position` | int64 | the target's macro interaction index in the session (from 0) |
 | `target` | product id | the target product as in the source; null when unknown |
-| `rank` | int64 | the target's rank, ties counted against the model; null when unknown |
+| `rank` | int64 | the target's rank, ties counted against the model; null for a miss by |
+|        |       | rule: an unknown target, or one scored NaN or inf (a diverged model) |
 | `repeat` | bool | the target occurs in the model's input (an unknown target never does) |
 | `length` | int64 | input micro-behaviors (after `max_len`) |
 | `top` | array of 20 product ids | the best-scored products, best first, ties in id order |
@@ -51,7 +52,8 @@ def frame(stage: str, results: dict[str, np.ndarray], split: SplitArrays,
                                                           None)
         return vocabulary.gather(index)
 
-    known = split.target >= NUM_SPECIAL
+    # a miss by rule (unknown target, or one scored NaN or inf) has rank len(items) + 1
+    missed = (split.target < NUM_SPECIAL) | (results["rank"] > len(items))
     top = results["top"]  # (N, TOP)
     return pl.DataFrame({
         "split": pl.Series([stage] * example.size, dtype=pl.String),
@@ -59,7 +61,7 @@ def frame(stage: str, results: dict[str, np.ndarray], split: SplitArrays,
         "session": split.session,
         "position": split.position,
         "target": products(split.target),
-        "rank": pl.Series(results["rank"].astype(np.int64)).set(pl.Series(~known), None),
+        "rank": pl.Series(results["rank"].astype(np.int64)).set(pl.Series(missed), None),
         "repeat": results["repeat"].astype(bool),
         "length": results["length"].astype(np.int64),
         "top": products(top).reshape((example.size, top.shape[1])),

@@ -135,8 +135,14 @@ class Recommender(L.LightningModule):
 
     def ranked(self, batch: dict[str, torch.Tensor],
                scores: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, n_items) the scores evaluation ranks (`forward`'s unless given), rule applied."""
+        """(B, n_items) the scores evaluation ranks (`forward`'s unless given), rule applied.
+
+        A non-finite score (a diverged model's NaN) becomes -inf, ranked after every finite
+        one, so the top lists and recommendations stay defined; `target_rank` counts such a
+        target as a miss.
+        """
         scores = self(batch) if scores is None else scores
+        scores = scores.nan_to_num_(nan=float("-inf"), posinf=float("-inf"))
         return exclude_last_(mask_special_(scores), batch)
 
     def validation_step(self, batch, batch_idx):
