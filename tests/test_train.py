@@ -7,9 +7,10 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
+from conftest import TINY
 
 from microrec.data import MicroDataModule
-from microrec.errors import ConfigError
+from microrec.errors import ConfigError, Diverged
 from microrec.metrics import target_rank
 from microrec.models.rib import RIB
 from microrec.sources import FrameSource
@@ -27,6 +28,17 @@ def test_a_run_leaves_metrics_and_checkpoint(cfg_factory, tmp_path):
     assert (tmp_path / "checkpoints" / "best.ckpt").is_file()
     assert list((tmp_path / "csv").glob("version_*/metrics.csv"))
     assert not list(tmp_path.glob("**/*.tmp"))  # atomic writes leave no debris
+
+
+@pytest.mark.parametrize("model", ["rib", "bpr_mf"])
+def test_a_diverged_model_stops_the_run_instead_of_scoring(cfg_factory, tmp_path, model):
+    cfg = (cfg_factory("model.lr=1e30") if model == "rib" else
+           cfg_factory("model=bpr_mf", "model.lr=1e30", "model.dim=8",
+                       *(o for o in TINY if o.startswith(("data.", "trainer."))), tiny=False))
+    with pytest.raises(Diverged, match=r"^the training loss is (nan|inf) at epoch 0, step \d+: "
+                                       r"the model diverged; lower model.lr \(now 1e\+30\)"):
+        train(cfg)
+    assert not (tmp_path / "metrics.json").exists()
 
 
 def test_processed_tensors_are_cached_by_content(cfg_factory, tmp_path):

@@ -116,13 +116,17 @@ def test_test_predictions_without_testing_are_refused(tmp_path):
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
-    """A 2-trial study of NARM on tiny synthetic data, run as a user runs it, from `cwd`."""
+    """A 3-trial study of NARM on tiny synthetic data, run as a user runs it, from `cwd`.
+
+    Its learning rate is searched among 1e-3 and 1e30, so that trials 0 and 2 (as the seeded
+    sampler draws them) diverge."""
     cwd = tmp_path_factory.mktemp("tune")
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
     env.update(HOME=str(cwd), OMP_NUM_THREADS="1")  # one thread: tiny models, shared CPUs
     done = subprocess.run(
         [sys.executable, str(ROOT / "src" / "train.py"), "-m", "hparams_search=narm",
-         "hydra.sweeper.n_trials=2", "trainer.max_epochs=1", *TINY_DATA,
+         "hydra.sweeper.n_trials=3", "hydra.sweeper.params={model.lr:'choice(0.001,1e30)'}",
+         "trainer.max_epochs=1", *TINY_DATA,
          f"hydra.sweep.dir={cwd / 'sweep'}", f"cache_dir={cwd / 'cache'}"],
         cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -135,7 +139,8 @@ def trials_on_disk(sweep: Path) -> list[tuple[dict, dict]]:
     for job in job_folders(sweep):
         overrides = dict(str(o).split("=", 1) for o in
                          OmegaConf.load(job / ".hydra" / "overrides.yaml"))
-        found.append((overrides, json.loads((job / "metrics.json").read_text())))
+        metrics = job / "metrics.json"  # none for a trial that diverged
+        found.append((overrides, json.loads(metrics.read_text()) if metrics.is_file() else None))
     return found
 
 
@@ -143,17 +148,20 @@ def test_a_study_keeps_its_best_trial_as_a_config_that_a_tuned_row_loads(study, 
     db = study / "outputs" / "optuna" / "narm_synthetic.db"
     assert db.is_file()  # the default storage, its folder made by the sweep
     trials = optuna.load_study(study_name="narm_synthetic", storage=f"sqlite:///{db}").trials
-    assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"]
+    # a diverged trial is failed, never a value (its NaN would have ranked every target 0)
+    assert [t.state.name for t in trials] == ["FAIL", "COMPLETE", "FAIL"]
+    assert [t.params["model.lr"] for t in trials] == [1e30, 0.001, 1e30]
     on_disk = trials_on_disk(study / "sweep")
-    assert len(on_disk) == 2
-    for job in job_folders(study / "sweep"):  # tag(log, interval(..)) counts as swept too
+    assert len(on_disk) == 3 and on_disk[0][1] is None and on_disk[2][1] is None
+    for job in job_folders(study / "sweep"):
         assert job.name.split("_", 1)[1].startswith("model.lr="), job.name
     for trial, (overrides, metrics) in zip(trials, on_disk, strict=True):
-        assert not [k for k in metrics if k.startswith("test")]  # test never computed
-        assert metrics["val/mrr@20"] == trial.value  # the objective is validation MRR@20
         assert {k: overrides[k] for k in trial.params} == \
             {k: str(v) for k, v in trial.params.items()}
-    best_overrides, best_metrics = max(on_disk, key=lambda t: t[1]["val/mrr@20"])
+        if metrics is not None:
+            assert not [k for k in metrics if k.startswith("test")]  # test never computed
+            assert metrics["val/mrr@20"] == trial.value  # the objective: validation MRR@20
+    best_overrides, best_metrics = on_disk[1]
 
     tune = runpy.run_path(str(ROOT / "src" / "tune.py"))["main"]
     conf = study / "conf"
@@ -161,15 +169,16 @@ def test_a_study_keeps_its_best_trial_as_a_config_that_a_tuned_row_loads(study, 
     out = conf / "tuned" / "narm" / "synthetic.yaml"
     assert capsys.readouterr().out == f"written: {out}\n"
     text = out.read_text()
-    assert text.startswith("# @package _global_\n# The best of 2 Optuna trials of narm on "
+    assert text.startswith("# @package _global_\n# The best of 3 Optuna trials of narm on "
                            "synthetic: val/mrr@20 ")
+    assert "(trial 1); failed (diverged): trial 0, 2.\n" in text
     sweep_line = next(line for line in text.splitlines() if line.startswith("# Sweep: "))
     assert sweep_line.startswith("# Sweep: python src/train.py -m hparams_search=narm ")
-    assert "trainer.max_epochs=1" in sweep_line and "hydra.sweeper.n_trials=2" in sweep_line
+    assert "trainer.max_epochs=1" in sweep_line and "hydra.sweeper.n_trials=3" in sweep_line
     tuned = OmegaConf.load(out)
     assert tuned.tuned.objective == best_metrics["val/mrr@20"]
-    assert (tuned.tuned.study, tuned.tuned.trials, tuned.tuned.model) == \
-        ("narm_synthetic", 2, "narm")
+    assert (tuned.tuned.study, tuned.tuned.trials, tuned.tuned.model, tuned.tuned.failed) == \
+        ("narm_synthetic", 3, "narm", [0, 2])
     searched = {k: v for k, v in best_overrides.items() if k.startswith("model.")}
     assert len(searched) == 6
     assert {k: str(OmegaConf.select(tuned, k)) for k in searched} == searched
@@ -199,9 +208,10 @@ def test_a_study_with_more_trials_than_its_sweep_is_refused(study, tmp_path):
     sweep = copy_sweep(study, tmp_path)
     db = f"sqlite:///{tmp_path / 'outputs' / 'optuna' / 'narm_synthetic.db'}"
     extra = optuna.load_study(study_name="narm_synthetic", storage=db)
-    extra.tell(extra.ask({"model.lr": optuna.distributions.LogUniformDistribution(1e-4, 1e-2)}),
+    searched = optuna.distributions.CategoricalDistribution((0.001, 1e30))  # the fixture's
+    extra.tell(extra.ask({"model.lr": searched}),
                0.9)  # an earlier sweep's trial: more budget than the other models had
-    with pytest.raises(ConfigError, match="holds 3 trials .3 finished. where .* ran 2: every "
+    with pytest.raises(ConfigError, match="holds 4 trials .4 finished. where .* ran 3: every "
                                           "model gets one sweep's budget, so delete"):
         keep_best(sweep, tmp_path / "conf")
     assert not (tmp_path / "conf").exists()

@@ -11,3 +11,7 @@ class DataError(MicrorecError):
 
 class ConfigError(MicrorecError):
     """A configuration asks for something impossible (unknown name, missing channel, bad value)."""
+
+
+class Diverged(MicrorecError):
+    """Training produced a NaN or infinite loss: the model's numbers mean nothing any more."""

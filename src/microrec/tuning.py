@@ -103,7 +103,10 @@ def keep_best(sweep: Path, conf: Path = CONF, command: str = "") -> Path:
     except KeyError:
         raise ConfigError(f"{storage} holds no study {name}.") from None
     trials = study.trials
-    finished = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    # a failed trial (one that diverged) spent its share of the budget like any other
+    ended = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL)
+    finished = [t for t in trials if t.state in ended]
+    failed = [t.number for t in trials if t.state == optuna.trial.TrialState.FAIL]
     if len(finished) != len(trials) or sorted(t.number for t in trials) != sorted(jobs):
         raise ConfigError(
             f"study {name} in {storage} holds {len(trials)} trials ({len(finished)} finished) "
@@ -115,6 +118,8 @@ def keep_best(sweep: Path, conf: Path = CONF, command: str = "") -> Path:
         if not {f"{k}={v}" for k, v in trial.params.items()} <= overrides:
             raise ConfigError(f"trial {trial.number} of study {name} is not {job}: that study "
                               "holds another sweep's trials; delete it and run the sweep again.")
+        if trial.number in failed:
+            continue  # no metrics.json
         metrics = json.loads((job / METRICS_FILE).read_text())
         if tested := sorted(k for k in metrics if k.startswith("test/")):
             raise ConfigError(f"{job} computed {tested[0]}: a tuning trial must never see "
@@ -126,7 +131,7 @@ def keep_best(sweep: Path, conf: Path = CONF, command: str = "") -> Path:
     monitor = str(OmegaConf.load(job / CONFIG).monitor)
     tuned = OmegaConf.create({"tuned": {
         "model": model, "study": name, "trials": len(trials), "monitor": monitor,
-        "objective": best.value, "trial": best.number, "run": str(job)}})
+        "objective": best.value, "trial": best.number, "failed": failed, "run": str(job)}})
     for key, value in best.params.items():
         OmegaConf.update(tuned, key, value, force_add=True)
 
@@ -136,7 +141,8 @@ def keep_best(sweep: Path, conf: Path = CONF, command: str = "") -> Path:
     header = [
         "# @package _global_",
         f"# The best of {len(trials)} Optuna trial{'s' * (len(trials) != 1)} of {model} on "
-        f"{data}: {monitor} {best.value:.4f} (trial {best.number}).",
+        f"{data}: {monitor} {best.value:.4f} (trial {best.number})"
+        + (f"; failed (diverged): trial {', '.join(map(str, failed))}." if failed else "."),
         f"# Study {name} in {storage}.",
         f"# Sweep: python src/train.py -m {' '.join(fixed)}",
         f"# Written {datetime.now().isoformat(timespec='seconds')} by {command or 'keep_best'}"

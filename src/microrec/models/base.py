@@ -6,6 +6,7 @@ import numpy as np
 import pytorch_lightning as L
 import torch
 
+from microrec.errors import Diverged
 from microrec.metrics import RankingMetrics, target_rank
 from microrec.protocol import SplitArrays
 from microrec.schema import NUM_SPECIAL
@@ -28,6 +29,14 @@ def last_items(batch: dict[str, torch.Tensor]) -> torch.Tensor:
 def exclude_last_(scores: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """The input's last product is never its target (DESIGN.md): rank it last (in place)."""
     return scores.scatter_(1, last_items(batch)[:, None], float("-inf"))
+
+
+def stop_if_diverged(loss: torch.Tensor, epoch: int, step: int, lr: float) -> None:
+    """Stop training at a NaN or infinite loss, before the optimizer steps: the weights, and
+    so every metric after, would mean nothing (and a tuning study would keep the trial)."""
+    if not torch.isfinite(loss):
+        raise Diverged(f"the training loss is {loss.item()} at epoch {epoch}, step {step}: the "
+                       f"model diverged; lower model.lr (now {lr:g}) or check the data.")
 
 
 def top_items(scores: torch.Tensor, k: int = TOP) -> torch.Tensor:

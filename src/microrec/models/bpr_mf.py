@@ -9,7 +9,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from microrec.models.base import FitFromData, macro_visits, mask_special_, visits
+from microrec.models.base import (
+    FitFromData,
+    macro_visits,
+    mask_special_,
+    stop_if_diverged,
+    visits,
+)
 from microrec.schema import NUM_SPECIAL
 
 log = logging.getLogger(__name__)
@@ -56,13 +62,14 @@ class BPRMF(FitFromData):
         optimizer = torch.optim.Adam([sessions.weight, self.item_factors.weight], lr=hp.lr)
         for epoch in range(hp.epochs):
             total = 0.0
-            for idx in torch.randperm(pair.size).split(hp.batch_size):
+            for step, idx in enumerate(torch.randperm(pair.size).split(hp.batch_size)):
                 u = sessions(session[idx])  # (P', D)
                 pos = self.item_factors(item[idx])  # (P', D)
                 neg = self.item_factors(torch.randint(NUM_SPECIAL, hp.n_items, idx.shape))
                 x = (u * (pos - neg)).sum(1)  # (P',) preference of i over j
                 penalty = (u.square() + pos.square() + neg.square()).sum(1)  # (P',)
                 loss = (-F.logsigmoid(x) + hp.reg * penalty).mean()
+                stop_if_diverged(loss, epoch, step, hp.lr)
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from microrec.errors import ConfigError
-from microrec.models.base import Recommender, mask_special_
+from microrec.models.base import Recommender, mask_special_, stop_if_diverged
 from microrec.schema import NUM_SPECIAL
 
 INITS = ("word2vec", "random")
@@ -140,6 +140,8 @@ class NeuralRecommender(Recommender):
             negatives = torch.multinomial(self.log_q.exp(), self.hparams.n_negatives,
                                           replacement=True)  # (K,)
             loss = self.sampled_loss(batch, negatives)
+        stop_if_diverged(loss, self.current_epoch, self.global_step, self.hparams.lr)
+        if not self.automatic_optimization:
             optimizers = self.optimizers()
             for opt in optimizers:
                 opt.zero_grad()
