@@ -25,6 +25,7 @@ from microrec.resume import (
     expand_argv,
     wandb_identity,
 )
+from microrec.runs import RUN_ID, checkpoint_run_id
 
 
 def make_run(folder, overrides=("a=1", "b=x"), checkpoint=True, finished=False):
@@ -188,6 +189,7 @@ def test_run_killed_mid_epoch_resumes_to_the_same_metrics_and_wandb_run(tmp_path
     assert not (cut / "metrics.json").exists()
     place = torch.load(cut / LAST, weights_only=True)["loops"]["fit_loop"]["state_dict"]
     place = place["combined_loader"][0]  # the training loader's (epoch, batches delivered)
+    first_half = checkpoint_run_id(cut / LAST)
 
     resumed = subprocess.run(train_cmd(f"resume={cut}"), cwd=ROOT, env=env,
                              capture_output=True, text=True, timeout=300)
@@ -198,9 +200,10 @@ def test_run_killed_mid_epoch_resumes_to_the_same_metrics_and_wandb_run(tmp_path
 
     def results(run):
         metrics = json.loads((run / "metrics.json").read_text())
-        return {k: v for k, v in metrics.items() if not k.startswith("time/")}
+        return {k: v for k, v in metrics.items() if not k.startswith("time/") and k != RUN_ID}
 
     expected, got = results(whole), results(cut)
+    assert json.loads((cut / "metrics.json").read_text())[RUN_ID] == first_half  # one run
     assert got.keys() == expected.keys() and expected["epochs"] == 2
     assert got == {k: pytest.approx(v, abs=1e-6) for k, v in expected.items()}
     # one W&B id for both halves, kept in the folder; the folder's first config is untouched

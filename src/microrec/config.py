@@ -30,7 +30,8 @@ def in_optuna_study() -> bool:
 
 
 def run_or_exit(task, *args):
-    """Run an entry script's task; a user error becomes one `error: ...` line and exit 1.
+    """Run an entry script's task; a user error becomes one `error: ...` line and exit 1
+    (a stop by SIGTERM: one `stopped: ...` line and exit 143).
 
     A trial of an Optuna study that diverged is the exception: its error goes to the sweeper,
     which records the trial as failed (never as a value) and runs the next one.
@@ -48,5 +49,5 @@ def run_or_exit(task, *args):
 
 def _exit(e: MicrorecError):
     logging.getLogger("microrec").error("%s", e)
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
+    print(f"{e.label}: {e}", file=sys.stderr)
+    sys.exit(e.exit_status)

@@ -10,6 +10,7 @@ attention treat the targets (repeat_gate).
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +35,15 @@ from microrec.plots import (
     save_json,
     save_png,
 )
-from microrec.runs import CONFIG, find_checkpoints, job_id, run_folder
+from microrec.runs import (
+    CONFIG,
+    METRICS_FILE,
+    check_same_run,
+    checkpoint_run_id,
+    find_checkpoints,
+    job_id,
+    run_folder,
+)
 
 log = logging.getLogger("microrec.explain")
 RIB_TARGET = f"{RIB.__module__}.{RIB.__qualname__}"
@@ -63,6 +72,9 @@ def load_runs(checkpoints: list[Path], notes: list[str]) -> list[Run]:
         if not (run_dir / CONFIG).is_file():
             raise ConfigError(f"{ckpt}: its run folder {run_dir} has no {CONFIG}, so its data "
                               "cannot be rebuilt.")
+        if (run_dir / METRICS_FILE).is_file():  # a finished run: the checkpoint must be its
+            metrics = json.loads((run_dir / METRICS_FILE).read_text())
+            check_same_run(metrics, ckpt, checkpoint_run_id(ckpt))
         cfg = OmegaConf.load(run_dir / CONFIG)
         target = OmegaConf.select(cfg, "model._target_")
         if target != RIB_TARGET:

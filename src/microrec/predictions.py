@@ -27,6 +27,7 @@ import polars as pl
 
 from microrec.files import atomic_write
 from microrec.protocol import SplitArrays
+from microrec.runs import RUN_ID
 from microrec.schema import NUM_SPECIAL
 
 PREDICTIONS_FILE = "predictions.parquet"
@@ -68,10 +69,15 @@ def frame(stage: str, results: dict[str, np.ndarray], split: SplitArrays,
     })
 
 
-def write(path: Path, frames: list[pl.DataFrame]) -> None:
-    """Write the splits' tables as one parquet file, atomically."""
+def write(path: Path, frames: list[pl.DataFrame], run_id: str) -> None:
+    """Write the splits' tables as one parquet file, atomically, named by the run's id."""
     table = pl.concat(frames)
-    atomic_write(path, lambda tmp: table.write_parquet(tmp))
+    atomic_write(path, lambda tmp: table.write_parquet(tmp, metadata={RUN_ID: run_id}))
+
+
+def run_of(path: Path) -> str | None:
+    """The run id a predictions file carries (None for one written before run ids existed)."""
+    return pl.read_parquet_metadata(path).get(RUN_ID)
 
 
 def read(path: Path, stage: str = "test") -> pl.DataFrame:

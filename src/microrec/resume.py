@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import random
 import secrets
 import string
@@ -20,11 +21,18 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning import Callback
 from pytorch_lightning.utilities import rank_zero_only
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 from torch.utils.data import DataLoader, Sampler
 
 from microrec.errors import ConfigError
 from microrec.files import atomic_write
-from microrec.runs import METRICS_FILE
+from microrec.runs import (
+    METRICS_FILE,
+    RUN_ID,
+    new_run_id,
+    refuse_used_folder,
+    run_outputs,
+)
 
 LAST = Path("checkpoints") / "last.ckpt"
 WANDB_RUN = "wandb-run.json"  # the W&B id, name, group and tags a resumed run reuses
@@ -46,6 +54,7 @@ def expand_argv(argv: list[str]) -> list[str]:
     args = argv[1:]
     given = [a.partition("=")[2] for a in args if a.startswith("resume=")]
     if not given or given[-1] in ("", "null"):
+        refuse_used_folders(args)
         return argv
     folder = Path(given[-1].strip("'\""))
     if any(a in _MULTIRUN_FLAGS for a in args):
@@ -75,6 +84,27 @@ def expand_argv(argv: list[str]) -> list[str]:
             "hydra.output_subdir=null", f"resume={quoted}"]
 
 
+def refuse_used_folders(args: list[str]) -> None:
+    """Stop a fresh run (or sweep) pointed at a folder that holds a run, before Hydra writes
+    its `.hydra/` there: one folder holds one run's outputs."""
+    if rank_zero_only.rank != 0 or requeued():  # a DDP child joins its rank 0's run; a
+        return  # requeued SLURM job continues its own
+    sweep = any(a in _MULTIRUN_FLAGS for a in args)
+    option = "hydra.sweep.dir" if sweep else "hydra.run.dir"
+    given = [a.partition("=")[2].strip("'\"") for a in args if a.startswith(option + "=")]
+    if not given:  # the default folders are new timestamps
+        return
+    folder = Path(given[-1])
+    if not sweep:
+        refuse_used_folder(folder, option)
+    elif folder.is_dir():
+        used = sorted(p.name for p in folder.iterdir() if p.is_dir() and run_outputs(p))
+        if used:
+            raise ConfigError(f"{option}={folder} already holds a sweep's runs ({used[0]}, ...): "
+                              "a new sweep never writes into another's folder; choose a new "
+                              "folder, or continue a job with resume=<its folder>.")
+
+
 def _differences(saved, now, prefix: str = "") -> list[str]:
     """Dotted keys whose values differ between two plain config trees."""
     if not (isinstance(saved, dict) and isinstance(now, dict)):
@@ -92,6 +122,39 @@ def check_config(cfg: DictConfig, folder: Path) -> None:
     if changed := _differences(saved, now):
         raise ConfigError(f"resume={folder}: the config files have changed since the run "
                           f"started ({', '.join(changed[:5])}); restore them or start a new run.")
+
+
+def requeued() -> bool:
+    """Whether this is a SLURM job started again after a preemption or a node failure."""
+    return int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) > 0
+
+
+def resume_point(cfg: DictConfig, run_dir: Path) -> Path | None:
+    """The checkpoint a run continues from: `resume=<folder>`'s last one, or a requeued SLURM
+    job's own; None for a fresh run, whose folder must not hold another run's outputs."""
+    if cfg.resume:
+        folder = Path(cfg.resume)
+        check_config(cfg, folder)
+    elif requeued() and (run_dir / LAST).is_file():
+        folder = run_dir  # submitit reran the job in its own folder, with its own config
+    else:
+        if rank_zero_only.rank == 0 and not requeued():  # DDP children join rank 0's run
+            refuse_used_folder(run_dir, "run_dir")
+        return None
+    check_checkpoint(folder / LAST)
+    return folder / LAST
+
+
+def check_checkpoint(path: Path) -> None:
+    """Refuse, in one sentence, a checkpoint that cannot be read (truncated, empty, foreign)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        if not isinstance(state, dict) or "state_dict" not in state:
+            raise ValueError("not a Lightning checkpoint")
+    except Exception as e:  # whatever torch says of a damaged file, the answer is the same
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"{path} is damaged or not a checkpoint ({reason[:120]}): the run "
+                          "cannot continue from it; start it again in a new folder.") from None
 
 
 def wandb_identity(run_dir: Path, fresh: dict, resume: bool) -> dict:
@@ -144,6 +207,35 @@ class RngStates(Callback):
         np.random.set_state((kind, key.numpy().astype(np.uint32), pos, has_gauss, gauss))
         if "cuda" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class RunIdentity(Callback):
+    """Names the run in every checkpoint (`runs.checkpoint_run_id` reads it back).
+
+    A fresh run draws a new id; a resumed one gets its own back from the checkpoint, so
+    metrics.json and predictions.parquet, written after training, carry the run's one id.
+    """
+
+    def __init__(self):
+        self.run_id = new_run_id()
+
+    def state_dict(self) -> dict:
+        return {RUN_ID: self.run_id}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.run_id = state[RUN_ID]
+
+
+class CheckpointOnSigterm(Callback):
+    """Writes `last.ckpt` when Lightning stops training on SIGTERM, so `resume=` continues
+    from there even before the first regular checkpoint."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        if isinstance(exception, SIGTERMException):
+            trainer.save_checkpoint(self.path, weights_only=False)  # all that resume needs
 
 
 class _SkipFirst(Sampler):

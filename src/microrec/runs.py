@@ -7,16 +7,56 @@ A run folder holds `.hydra/` (its composed config and Hydra's choices), `metrics
 
 from __future__ import annotations
 
+import secrets
 import sys
 from pathlib import Path
 
 from microrec.errors import ConfigError
 
 MULTIRUNS = Path("outputs/multirun")
+RUN_ID = "run_id"  # names the run in metrics.json, predictions.parquet and every checkpoint
 HYDRA = Path(".hydra") / "hydra.yaml"  # Hydra's own config: the job's choices
 CONFIG = Path(".hydra") / "config.yaml"  # the job's composed config
 METRICS_FILE = "metrics.json"
 CHECKPOINT = Path("checkpoints") / "best.ckpt"
+# what a run writes besides Hydra's .hydra/ and its log: a folder holding any of these holds
+# a run, and a fresh run must not write into it (one folder, one run's outputs)
+RUN_OUTPUTS = (METRICS_FILE, "predictions.parquet", "checkpoints", "wandb-run.json", "wandb",
+               "csv")
+
+
+def new_run_id() -> str:
+    """A fresh run's id: 12 random hex digits."""
+    return secrets.token_hex(6)
+
+
+def run_outputs(folder: Path) -> list[str]:
+    """The names of RUN_OUTPUTS present in `folder` (empty for a new or missing folder)."""
+    return [name for name in RUN_OUTPUTS if (Path(folder) / name).exists()]
+
+
+def refuse_used_folder(folder: Path, option: str) -> None:
+    """Stop a fresh run whose folder already holds another run's outputs."""
+    if found := run_outputs(folder):
+        raise ConfigError(f"{option}={folder} already holds a run ({', '.join(found)}): a fresh "
+                          f"run never writes into another's folder; choose a new folder, or "
+                          f"continue that run with resume={folder}.")
+
+
+def checkpoint_run_id(path: Path) -> str | None:
+    """The run id a checkpoint carries (None for one written before run ids existed)."""
+    import torch
+
+    state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    return state.get("callbacks", {}).get("RunIdentity", {}).get(RUN_ID)
+
+
+def check_same_run(metrics: dict, path: Path, run_id: str | None) -> None:
+    """Refuse an output (a predictions file, a checkpoint) of another run than metrics.json's."""
+    if metrics.get(RUN_ID) != run_id:
+        raise ConfigError(f"{path} belongs to another run than the {METRICS_FILE} beside it "
+                          f"(run {run_id} against {metrics.get(RUN_ID)}): the folder mixes two "
+                          "runs' outputs; run it again into a new folder.")
 
 
 def job_id(folder: Path) -> tuple[int | None, str]:

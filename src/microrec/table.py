@@ -23,7 +23,14 @@ from omegaconf import OmegaConf
 from microrec import predictions, significance
 from microrec.errors import ConfigError
 from microrec.files import atomic_write
-from microrec.runs import CONFIG, HYDRA, METRICS_FILE, job_folders, wandb_group
+from microrec.runs import (
+    CONFIG,
+    HYDRA,
+    METRICS_FILE,
+    check_same_run,
+    job_folders,
+    wandb_group,
+)
 from microrec.schema import FEATURE_LABELS
 
 METRICS = {"test/recall@20": "Recall@20", "test/mrr@20": "MRR@20"}
@@ -205,6 +212,8 @@ def per_example(runs: dict) -> tuple[dict, list[str]]:
         if not all(path.is_file() for path in paths):
             missing.append(f"{row_name(row)} on {ds}")
             continue
+        for job, path in zip(cell_jobs, paths, strict=True):
+            check_same_run(job.metrics, path, predictions.run_of(path))
         try:
             found[row, ds] = significance.seed_average(
                 [(j.data_seed, predictions.read(path)) for j, path in zip(cell_jobs, paths,

@@ -11,15 +11,23 @@ import hydra
 import pytorch_lightning as L
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from microrec import predictions
 from microrec.config import build
-from microrec.errors import ConfigError
+from microrec.errors import ConfigError, Stopped
 from microrec.files import atomic_write
 from microrec.models.base import FitFromData
 from microrec.naming import job_label
-from microrec.resume import LAST, RngStates, check_config, wandb_identity
-from microrec.runs import METRICS_FILE, wandb_group
+from microrec.resume import (
+    LAST,
+    CheckpointOnSigterm,
+    RngStates,
+    RunIdentity,
+    resume_point,
+    wandb_identity,
+)
+from microrec.runs import METRICS_FILE, RUN_ID, wandb_group
 from microrec.tracking import uses_wandb
 from microrec.tuning import check_tuned  # and the sqlite_url resolver hparams_search uses
 
@@ -44,7 +52,8 @@ def run_identity() -> dict:
     return identity
 
 
-def write_predictions(run_dir: Path, model, dm, stages: list[str]) -> dict[str, float]:
+def write_predictions(run_dir: Path, model, dm, stages: list[str],
+                      run_id: str) -> dict[str, float]:
     """Write the final evaluation's per-example results to predictions.parquet; return (and
     log) their repeat / new breakdown, e.g. `test/repeat/recall@20`."""
     prepared = dm.prepared
@@ -55,7 +64,7 @@ def write_predictions(run_dir: Path, model, dm, stages: list[str]) -> dict[str, 
     tables = {stage: predictions.frame(stage, model.predictions[stage],
                                        prepared.splits[stage], prepared.items)
               for stage in predictions.STAGES if stage in stages}
-    predictions.write(run_dir / predictions.PREDICTIONS_FILE, list(tables.values()))
+    predictions.write(run_dir / predictions.PREDICTIONS_FILE, list(tables.values()), run_id)
     summary = {f"{stage}/{name}": value for stage, table in tables.items()
                for name, value in predictions.summary(table).items()}
     log.info("repeat / new targets: %s -> %s",
@@ -64,30 +73,21 @@ def write_predictions(run_dir: Path, model, dm, stages: list[str]) -> dict[str, 
     return summary
 
 
-def train(cfg: DictConfig) -> dict[str, float]:
+def train(cfg: DictConfig) -> dict:
     """Seed, build data and model, fit, test the chosen weights once, write metrics.json.
 
     A gradient-trained model (RIB) runs Lightning's training loop and is evaluated on its
     best checkpoint; a model fitted from data (the baselines) is fitted from the training
     split in one call, evaluated, then saved to the same checkpoint path. With
-    `test: false` (a tuning trial) the chosen weights are validated only.
+    `test: false` (a tuning trial) the chosen weights are validated only. A run stopped by
+    SIGTERM keeps `last.ckpt` and raises `Stopped`, which names the `resume=` that continues.
     """
     started = time.time()
     run_dir = Path(cfg.run_dir)
-    keep = cfg.get("predictions") or []
-    keep = [keep] if isinstance(keep, str) else list(keep)
-    if any(stage not in predictions.STAGES for stage in keep):
-        raise ConfigError(f"predictions={keep}: name splits among {list(predictions.STAGES)}, "
-                          "e.g. predictions=[val,test], or predictions=[] for none.")
-    if "test" in keep and not cfg.test:
-        raise ConfigError(f"predictions={keep} with test=false: a run that never evaluates "
-                          "on test has no test predictions; drop test from predictions.")
+    keep = kept_predictions(cfg)
     if HydraConfig.initialized():  # a `*_tuned` row's config must exist
         check_tuned(cfg.get("tuned"), HydraConfig.get().runtime.choices.data)
-    resume_from = None
-    if cfg.resume:  # src/microrec/resume.py: the folder, its overrides and checkpoint
-        check_config(cfg, Path(cfg.resume))
-        resume_from = Path(cfg.resume) / LAST
+    resume_from = resume_point(cfg, run_dir)  # None for a fresh run into an unused folder
     L.seed_everything(cfg.seed, workers=True)
 
     dm = build(cfg.data)
@@ -97,14 +97,59 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     logger = None
     if cfg.get("logger"):
-        identity = (wandb_identity(run_dir, run_identity(), bool(cfg.resume))
+        identity = (wandb_identity(run_dir, run_identity(), resume_from is not None)
                     if uses_wandb(cfg.logger) else {})
         logger = build(cfg.logger, **identity)
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    named = RunIdentity()  # a resumed run gets its own id back from the checkpoint
     callbacks = [build(c) for c in cfg.callbacks.values() if c is not None]
-    callbacks.append(RngStates())  # dropout continues exactly after a resume
+    callbacks += [RngStates(), named, CheckpointOnSigterm(run_dir / LAST)]
     trainer = build(cfg.trainer, logger=logger or False, callbacks=callbacks)
 
+    try:
+        metrics = fit_and_evaluate(cfg, trainer, model, dm, resume_from, keep)
+    except SIGTERMException:
+        raise Stopped(f"SIGTERM at epoch {trainer.current_epoch}, step {trainer.global_step}; "
+                      f"{run_dir / LAST} is kept: continue with python src/train.py "
+                      f"resume={run_dir}") from None
+    metrics[RUN_ID] = named.run_id
+    metrics["time/total_s"] = round(time.time() - started, 2)
+
+    if trainer.is_global_zero:  # under DDP every rank runs this script; one writes
+        if keep:  # before metrics.json, which marks the run finished
+            summary = write_predictions(run_dir, model, dm, keep, named.run_id)
+            if uses_wandb(cfg.get("logger")):
+                logger.experiment.summary.update(summary)  # beside the run's final metrics
+        text = json.dumps(metrics, indent=2, sort_keys=True)
+        atomic_write(run_dir / METRICS_FILE, lambda tmp: Path(tmp).write_text(text + "\n"))
+        stage = "test" if cfg.test else "val"
+        log.info("%s/recall@20 %.4f  %s/mrr@20 %.4f  -> %s", stage, metrics[f"{stage}/recall@20"],
+                 stage, metrics[f"{stage}/mrr@20"], run_dir / METRICS_FILE)
+
+    if uses_wandb(cfg.get("logger")):
+        import wandb
+
+        wandb.finish()  # each multirun job must be its own W&B run
+    return metrics
+
+
+def kept_predictions(cfg: DictConfig) -> list[str]:
+    """The splits whose per-example results go to predictions.parquet (`predictions=`)."""
+    keep = cfg.get("predictions") or []
+    keep = [keep] if isinstance(keep, str) else list(keep)
+    if any(stage not in predictions.STAGES for stage in keep):
+        raise ConfigError(f"predictions={keep}: name splits among {list(predictions.STAGES)}, "
+                          "e.g. predictions=[val,test], or predictions=[] for none.")
+    if "test" in keep and not cfg.test:
+        raise ConfigError(f"predictions={keep} with test=false: a run that never evaluates "
+                          "on test has no test predictions; drop test from predictions.")
+    return keep
+
+
+def fit_and_evaluate(cfg: DictConfig, trainer: L.Trainer, model, dm, resume_from: Path | None,
+                     keep: list[str]) -> dict:
+    """Fit the model (Lightning's loop, or `fit(dm)` for a fitted one) and evaluate the
+    chosen weights once: validation, and test unless `test: false`."""
     fitted = isinstance(model, FitFromData)
     if fitted:
         model.fit(dm)  # no training epochs: the weights are final now
@@ -121,23 +166,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
                            weights_only=True)  # a checkpoint never runs code
         metrics.update({k: float(v) for k, v in results[0].items()})
     if fitted:
-        trainer.save_checkpoint(trainer.checkpoint_callback.format_checkpoint_name({}))
+        trainer.save_checkpoint(trainer.checkpoint_callback.format_checkpoint_name({}),
+                               weights_only=False)
     metrics["epochs"] = trainer.current_epoch  # Lightning epochs: 0 for a fitted model
-    metrics["time/total_s"] = round(time.time() - started, 2)
-
-    if trainer.is_global_zero:  # under DDP every rank runs this script; one writes
-        if keep:  # before metrics.json, which marks the run finished
-            summary = write_predictions(run_dir, model, dm, keep)
-            if uses_wandb(cfg.get("logger")):
-                logger.experiment.summary.update(summary)  # beside the run's final metrics
-        text = json.dumps(metrics, indent=2, sort_keys=True)
-        atomic_write(run_dir / METRICS_FILE, lambda tmp: Path(tmp).write_text(text + "\n"))
-        stage = "test" if cfg.test else "val"
-        log.info("%s/recall@20 %.4f  %s/mrr@20 %.4f  -> %s", stage, metrics[f"{stage}/recall@20"],
-                 stage, metrics[f"{stage}/mrr@20"], run_dir / METRICS_FILE)
-
-    if uses_wandb(cfg.get("logger")):
-        import wandb
-
-        wandb.finish()  # each multirun job must be its own W&B run
     return metrics
