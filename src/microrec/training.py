@@ -28,6 +28,7 @@ from microrec.resume import (
     wandb_identity,
 )
 from microrec.runs import METRICS_FILE, RUN_ID, wandb_group
+from microrec.threads import set_threads
 from microrec.tracking import uses_wandb
 from microrec.tuning import check_tuned  # and the sqlite_url resolver hparams_search uses
 
@@ -83,6 +84,7 @@ def train(cfg: DictConfig) -> dict:
     SIGTERM keeps `last.ckpt` and raises `Stopped`, which names the `resume=` that continues.
     """
     started = time.time()
+    set_threads(cfg.threads, side_by_side())
     run_dir = Path(cfg.run_dir)
     keep = kept_predictions(cfg)
     if HydraConfig.initialized():  # a `*_tuned` row's config must exist
@@ -131,6 +133,13 @@ def train(cfg: DictConfig) -> dict:
 
         wandb.finish()  # each multirun job must be its own W&B run
     return metrics
+
+
+def side_by_side() -> int:
+    """Jobs the launcher runs at once on this machine (joblib's n_jobs; one otherwise)."""
+    if not HydraConfig.initialized() or HydraConfig.get().mode != hydra.types.RunMode.MULTIRUN:
+        return 1
+    return int(HydraConfig.get().launcher.get("n_jobs") or 1)
 
 
 def kept_predictions(cfg: DictConfig) -> list[str]:
