@@ -31,20 +31,27 @@ def command(data: str, threads: str, run_dir: Path, cache: Path) -> list[str]:
             f"threads={threads}", f"hydra.run.dir={run_dir}", f"cache_dir={cache}"]
 
 
-def timed_runs(data: str, threads: str, jobs: int, work: Path, cache: Path) -> list[float]:
-    """Start `jobs` runs together; the wall time of each, in seconds."""
+def timed_runs(data: str, threads: str, jobs: int, work: Path,
+               cache: Path) -> tuple[list[float], list[str]]:
+    """Start `jobs` runs together; the wall time of each in seconds, and its test
+    Recall@20 / MRR@20 (equal settings give equal numbers only with equal thread counts)."""
     env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}  # threads= decides
+    folders = [work / f"{threads}-{jobs}-{i}" for i in range(jobs)]
     started = time.time()
-    runs = [subprocess.Popen(command(data, threads, work / f"{threads}-{jobs}-{i}", cache),
-                             cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.PIPE, text=True) for i in range(jobs)]
+    runs = [subprocess.Popen(command(data, threads, folder, cache), cwd=ROOT, env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            for folder in folders]
     times = []
     for run in runs:
         _, err = run.communicate()
         if run.returncode:
             sys.exit(f"a run failed:\n{err[-2000:]}")
         times.append(round(time.time() - started, 1))
-    return times
+    results = []
+    for folder in folders:
+        metrics = json.loads((folder / "metrics.json").read_text())
+        results.append(f"{metrics['test/recall@20']:.4f} / {metrics['test/mrr@20']:.4f}")
+    return times, results
 
 
 def main() -> None:
@@ -61,12 +68,14 @@ def main() -> None:
         for setting in args.settings:
             rows.append((setting, args.jobs, timed_runs(args.data, setting, args.jobs, work,
                                                         cache)))
-    for setting, jobs, times in rows:
-        print(json.dumps({"data": args.data, "threads": setting, "jobs": jobs,
-                          "wall_s": times, "cores": len(os.sched_getaffinity(0))}), flush=True)
-    print("\n| threads | runs at once | wall time of each run (s) |\n|---|---|---|")
-    for setting, jobs, times in rows:
-        print(f"| {setting} | {jobs} | {', '.join(map(str, times))} |")
+    for setting, jobs, (times, results) in rows:
+        print(json.dumps({"data": args.data, "threads": setting, "jobs": jobs, "wall_s": times,
+                          "test_recall_mrr@20": results, "cores": len(os.sched_getaffinity(0))}),
+              flush=True)
+    print("\n| threads | runs at once | wall time of each run (s) | test Recall@20 / MRR@20 |\n"
+          "|---|---|---|---|")
+    for setting, jobs, (times, results) in rows:
+        print(f"| {setting} | {jobs} | {', '.join(map(str, times))} | {', '.join(results)} |")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-from microrec.naming import job_label, swept_keys
+from microrec.naming import job_label, run_label, swept_keys
 from microrec.schema import FEATURE_LABELS, FEATURES
 
 
@@ -11,6 +11,13 @@ def test_only_swept_keys_name_a_job():
     assert job_label(overrides, argv=argv) == "features=full,seed=2"
     assert job_label(["data.path=a/b"], argv=["data.path=a/b,c/d"]) == "data.path=a_b"
     assert job_label(overrides, argv=["features=full"]) == "job"
+
+
+def test_a_single_run_is_named_by_its_overrides_or_else_its_folder():
+    assert run_label(["data=jd_appliances", "features=sku_act"], "12-00-00-000001") == \
+        "data=jd_appliances,features=sku_act"
+    assert run_label([], "12-00-00-000001") == "12-00-00-000001"  # not "job"
+    assert run_label(["resume=outputs/runs/x"], "x") == "x"
 
 
 def test_long_labels_are_cut_with_a_hash():
@@ -33,6 +40,7 @@ def test_slurm_launcher_preset_composes(tmp_path):
         "SlurmLauncher"
     assert launcher.partition == "gpu" and launcher.gpus_per_node == 1
     assert launcher.submitit_folder == f"{tmp_path}/.submitit/%j"
+    assert launcher.max_num_timeout == 3  # a timed-out job is requeued and resumes
 
 
 def test_every_feature_variant_has_one_label_and_full_is_the_papers_name():

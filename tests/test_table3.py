@@ -401,3 +401,13 @@ def test_data_splits_sweep_like_seeds_with_their_own_folder_and_run_names(hydra_
         assert cfg.data.seed == int(labels[-1].split("data.seed=")[1][0])
     assert len(jobs) == 8 and len(set(labels)) == 8
     assert labels[:2] == ["row=pop,data.seed=0,seed=0", "row=pop,data.seed=0,seed=1"]
+
+
+def test_the_caption_speaks_of_gains_only_where_the_table_shows_them(tmp_path):
+    folder = tmp_path / "multirun"
+    make_job(folder, "0_a", "synthetic", "rib", 0, (0.3, 0.1), "full", "on")  # no baseline
+    assert "in parentheses" not in table3([folder], resamples=200)
+    make_job(folder, "1_b", "synthetic", "pop", 0, (0.1, 0.05))
+    text = table3([folder], resamples=200)
+    assert "; in parentheses, the relative improvement over the best baseline" in text
+    assert "(+200.0%)" in text

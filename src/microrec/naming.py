@@ -39,13 +39,22 @@ def job_label(overrides: list[str], params: Mapping | None = None,
 
     A key is swept when the command line (`argv`, default sys.argv) or the sweeper's
     `params` (hydra.sweeper.params, e.g. from an experiment config) give it several values.
-    Path separators become '_'; a label longer than MAX_LEN is cut and given a short hash,
-    so it stays a single, valid folder name.
     """
     argv = sys.argv[1:] if argv is None else argv
     swept = swept_keys([*argv, *(f"{k}={v}" for k, v in (params or {}).items())])
-    parts = [o for o in overrides if o.partition("=")[0].lstrip("+~") in swept]
-    label = re.sub(r"[/\\\s]+", "_", ",".join(parts)) or "job"
+    return safe_label([o for o in overrides if o.partition("=")[0].lstrip("+~") in swept])
+
+
+def run_label(overrides: list[str], folder: str) -> str:
+    """A single run's W&B name: its command-line overrides, or its folder's name without."""
+    own = [o for o in overrides if not o.lstrip("+~").startswith(("hydra.", "resume="))]
+    return safe_label(own, default=folder)
+
+
+def safe_label(parts: list[str], default: str = "job") -> str:
+    """`parts` joined by ',' as one valid folder name: path separators become '_', and a label
+    longer than MAX_LEN is cut and given a short hash."""
+    label = re.sub(r"[/\\\s]+", "_", ",".join(parts)) or default
     if len(label) > MAX_LEN:
         digest = hashlib.sha1(label.encode()).hexdigest()[:8]
         label = f"{label[:MAX_LEN - 9]}-{digest}"

@@ -376,9 +376,10 @@ def markdown(datasets: list[str], rows: list[tuple[str, str]], cells: dict,
                              + (" †" if t is not None and t.p < SIGNIFICANT else ""))
         return shown
 
+    gains = ("; in parentheses, the relative improvement over the best baseline on the same "
+             "data set" if any(c.gain is not None for c in cells.values()) else "")
     lines = ["# Table 3", "",
-             f"Test Recall@20 and MRR@20, {_spread(cells)}; in parentheses, the relative "
-             f"improvement over the best baseline on the same data set.{mark}", "",
+             f"Test Recall@20 and MRR@20, {_spread(cells)}{gains}.{mark}", "",
              *_lines(columns, rows, means)]
     if tests:
         def paired(row):

@@ -18,7 +18,7 @@ from microrec.config import build
 from microrec.errors import ConfigError, Stopped
 from microrec.files import atomic_write
 from microrec.models.base import FitFromData
-from microrec.naming import job_label
+from microrec.naming import job_label, run_label
 from microrec.resume import (
     LAST,
     CheckpointOnSigterm,
@@ -43,12 +43,15 @@ def run_identity() -> dict:
         return {}
     hc = HydraConfig.get()
     choices = hc.runtime.choices
+    overrides = list(hc.overrides.task)
+    multirun = hc.mode == hydra.types.RunMode.MULTIRUN
     identity = {
-        "name": job_label(list(hc.overrides.task), hc.sweeper.get("params")),
+        "name": (job_label(overrides, hc.sweeper.get("params")) if multirun
+                 else run_label(overrides, Path(hc.runtime.output_dir).name)),
         # a baseline drops the groups it does not use (encoder, attention): no tag for those
         "tags": [f"{g}={choices[g]}" for g in TAGGED_GROUPS if choices.get(g)],
     }
-    if hc.mode == hydra.types.RunMode.MULTIRUN:
+    if multirun:
         identity["group"] = wandb_group(Path(hc.sweep.dir))
     return identity
 
