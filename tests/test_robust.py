@@ -15,7 +15,7 @@ import torch
 from conftest import ROOT
 
 import microrec.data
-from microrec.data import MicroDataModule
+from microrec.data import MicroDataModule, load_arrays
 from microrec.errors import ConfigError, DataError
 from microrec.protocol import SPLITS, SplitArrays
 from microrec.synthetic import SyntheticSource
@@ -65,6 +65,27 @@ def flip_a_byte(path, marker):
     path.write_bytes(bytes(data))
 
 
+def zero_a_block(path, marker):
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 4096] = bytes(min(4096, len(data) - middle))  # same size, no CRC
+    path.write_bytes(bytes(data))
+
+
+def fill_with(value):
+    """Damage that keeps the file whole: every float array filled with `value`, CRCs valid."""
+    def damage(path, marker):
+        arrays = load_arrays(path)
+        for a in arrays.values():
+            if a.dtype.kind == "f":
+                a.fill(value)
+        with open(path, "wb") as f:
+            np.savez(f, **arrays)
+
+    damage.__name__ = f"filled_with_{value}"
+    return damage
+
+
 def plain_pickle(path, marker):
     path.write_bytes(pickle.dumps(Plant(marker)))
 
@@ -92,8 +113,9 @@ def id_out_of_range(path, marker):
         np.savez(f, **arrays)
 
 
-@pytest.mark.parametrize("damage", [truncate, flip_a_byte, plain_pickle, torch_pickle,
-                                    npz_with_object_array, other_settings, id_out_of_range])
+@pytest.mark.parametrize("damage", [truncate, flip_a_byte, zero_a_block, plain_pickle,
+                                    torch_pickle, npz_with_object_array, other_settings,
+                                    id_out_of_range])
 def test_a_damaged_or_foreign_cache_is_named_rebuilt_and_never_unpickled(
         damage, reference, tmp_path, caplog):
     dm = module(tmp_path)
@@ -118,11 +140,12 @@ def test_a_damaged_or_foreign_cache_is_named_rebuilt_and_never_unpickled(
     assert any("loaded processed" in r.getMessage() for r in caplog.records)
 
 
-@pytest.mark.parametrize("damage", [truncate, plain_pickle])
+@pytest.mark.parametrize("damage", [truncate, flip_a_byte, zero_a_block, plain_pickle,
+                                    fill_with(np.nan), fill_with(np.inf)])
 def test_a_damaged_word2vec_cache_is_retrained(damage, tmp_path, caplog):
     dm = module(tmp_path)
     vectors = dm.word2vec("item", dim=8, epochs=1)
-    (path,) = tmp_path.glob("w2v-*.npy")
+    (path,) = tmp_path.glob("w2v-*")
     marker = tmp_path / "code-ran"
     damage(path, marker)
     with caplog.at_level(logging.WARNING, logger="microrec.data"):
@@ -130,7 +153,7 @@ def test_a_damaged_word2vec_cache_is_retrained(damage, tmp_path, caplog):
     assert [f"cache file {path} is unreadable" in r.getMessage() for r in caplog.records] == [True]
     assert not marker.exists()
     np.testing.assert_array_equal(again, vectors)  # word2vec is seeded: the same vectors
-    np.testing.assert_array_equal(np.load(path, allow_pickle=False), vectors)
+    np.testing.assert_array_equal(load_arrays(path)["vectors"], vectors)  # rebuilt whole
 
 
 def test_prepare_data_builds_the_cache_and_setup_only_loads_it(reference, tmp_path,
