@@ -1,6 +1,9 @@
 """Batch recommendations: new sessions in the data set's own format give the same top lists
 as the model ranks for the same inputs in evaluation."""
 
+import errno
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +17,7 @@ from omegaconf import OmegaConf
 
 from microrec import loaders, predictions
 from microrec import schema as S
-from microrec.errors import ConfigError, DataError
+from microrec.errors import ConfigError, DataError, WriteError
 from microrec.loaders import EventLog, JDSessions, write_jd_sessions
 from microrec.models.base import top_items
 from microrec.protocol import split_events
@@ -185,6 +188,32 @@ def test_bad_input_stops_with_one_sentence(jd, tmp_path):
     assert errors == [f"error: {tmp_path / 'missing.jd'}: no such file (point data.path at a "
                       "JD session file)."]
     assert not out.exists()
+
+
+def test_an_out_that_cannot_be_written_is_one_sentence(jd, tmp_path, monkeypatch):
+    cfg, root, _ = jd
+    blocker = tmp_path / "notes.txt"
+    blocker.write_text("")
+    out = blocker / "recs" / "recs.parquet"
+    with pytest.raises(WriteError, match=rf"^{re.escape(str(out))}: cannot be written: "
+                                         rf"{re.escape(str(blocker))} is a file, not a folder\.$"):
+        recommend(cfg.run_dir, str(root / "input.jd"), out)
+
+    read_only = tmp_path / "read-only"
+    read_only.mkdir()
+    real_open = os.open
+
+    def refuse(path, *args, **kwargs):  # what a read-only folder does (chmod binds no root)
+        if Path(path).parent == read_only:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), path)
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", refuse)
+    out = read_only / "recs.parquet"
+    with pytest.raises(WriteError, match=rf"^{re.escape(str(out))}: cannot be written "
+                                         r"\(Permission denied\)\.$"):
+        recommend(cfg.run_dir, str(root / "input.jd"), out)
+    assert list(read_only.iterdir()) == []
 
 
 @pytest.mark.parametrize("model", ["pop", "item_knn"])

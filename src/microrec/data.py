@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from microrec import schema as S
 from microrec.errors import ConfigError, DataError
-from microrec.files import atomic_write
+from microrec.files import atomic_write, writing
 from microrec.protocol import (
     N_BUCKETS,
     PROTOCOL_VERSION,
@@ -419,8 +419,10 @@ def exclusive(path: Path):
     flock is dropped by the kernel when the holder exits, so a killed process leaves no
     stale lock behind.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.parent / f".{path.name}.lock", "w") as f:
+    lock = path.parent / f".{path.name}.lock"
+    with writing(lock):
+        f = open(lock, "w")
+    with f:
         if fcntl is not None:
             fcntl.flock(f, fcntl.LOCK_EX)
         yield

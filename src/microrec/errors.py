@@ -11,3 +11,7 @@ class DataError(MicrorecError):
 
 class ConfigError(MicrorecError):
     """A configuration asks for something impossible (unknown name, missing channel, bad value)."""
+
+
+class WriteError(MicrorecError):
+    """The system refused to write a file: a full disk, a file-size limit, a read-only folder."""

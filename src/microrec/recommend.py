@@ -233,7 +233,6 @@ def recommend(run: str, input_path: str, out: Path, top: int = 20, chunk_size: i
                                                 "sessions read)")
             pl.scan_parquet(files).sink_parquet(tmp)  # streams: one chunk in memory at a time
 
-    out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(out, write)
     summary["unknown_products"] = len(unknown)
     log.info("%s: %d sessions, %d events; %d events on %d products unseen in training (the "
