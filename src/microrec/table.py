@@ -13,7 +13,6 @@ optionally broken down into repeat and new targets.
 from __future__ import annotations
 
 import csv
-import json
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +22,7 @@ from omegaconf import OmegaConf
 from microrec import predictions, significance
 from microrec.errors import ConfigError
 from microrec.files import atomic_write
-from microrec.runs import CONFIG, HYDRA, METRICS_FILE, job_folders, wandb_group
+from microrec.runs import CONFIG, HYDRA, job_folders, read_metrics, wandb_group
 from microrec.schema import FEATURE_LABELS
 
 METRICS = {"test/recall@20": "Recall@20", "test/mrr@20": "MRR@20"}
@@ -86,12 +85,11 @@ def read_jobs(folders: list[Path]) -> list[Job]:
     for job in (job for folder in folders for job in job_folders(folder)):
         choices = OmegaConf.load(job / HYDRA).hydra.runtime.choices
         config = OmegaConf.load(job / CONFIG)
-        metrics = job / METRICS_FILE
         data_type, model = row_of(choices, config.get("model"))
         data = OmegaConf.to_container(config.data)
         data_seed = int(data.pop("seed", 0))  # splits of one data set are repetitions
         jobs.append(Job(job, choices.data, data_type, model, int(config.seed), data_seed,
-                        data, json.loads(metrics.read_text()) if metrics.is_file() else None))
+                        data, read_metrics(job)))
     return jobs
 
 
