@@ -67,6 +67,10 @@ def test_item_ids_are_integers_only_when_every_id_survives_the_round_trip():
     ("1+5+c+3+20\n1+5+c+3+-4\n", r"jd, line 2: negative dwell time -4\.$"),
     (b"1+5+c+3+20\n1+5+\xff+3+20\n", r"jd, line 2: not UTF-8 text\.$"),
     ("\n  \n", r"jd: the file holds no sessions\.$"),
+    ("1+5+c+3+20\n" + "\0" * 960 + "\n",  # a line of NUL bytes: shown escaped, cut short
+     r"jd, line 2: token '(\\x00){14}…' is not sku\+behavior_type\+"),
+    ("1+5+c+3+20 2\x1b[31m+5+c+3+20\n",
+     r"jd, line 1: product id '2\\x1b\[31m' holds a control character\.$"),
 ])
 def test_bad_jd_files_name_the_file_and_line(tmp_path, text, message):
     path = write(tmp_path / "jd", text)
@@ -198,7 +202,8 @@ GOOD = "session,item,activity,ts,dwell\n1,10,v,100,5\n"
 
 @pytest.mark.parametrize("name, text, settings, message", [
     ("a.csv", GOOD, {"columns": {**COLUMNS, "item": "sku"}},
-     r"a.csv: no column\(s\) sku \(named in the event-log mapping\); it has session, item"),
+     r"a.csv: no column\(s\) sku \(named in the event-log mapping\); it has 'session', "
+     r"'item'"),
     ("a.csv", GOOD + "1,11,click,160,5\n", {"activities": {"v": "view"}},
      r"a.csv, line 3: unknown activity code 'click' \(the mapping knows v\)\.$"),
     ("a.csv", GOOD + "1,11,v,160,abc\n", {"columns": {**COLUMNS, "dwell_s": "dwell"}},
@@ -219,6 +224,18 @@ GOOD = "session,item,activity,ts,dwell\n1,10,v,100,5\n"
      r"a.jsonl: column 'events' does not hold lists of event records\.$"),
     ("a.parquet", "not parquet", {}, r"a.parquet: cannot be read as parquet \("),
     ("a.txt", GOOD, {}, r"a.txt: unknown file type '.txt'; set data.source.file_format"),
+    ("a.csv", GOOD + "1,11\0,v,160,5\n", {},
+     r"a.csv, line 3: product id '11\\x00' holds a control character\.$"),
+    ("a.csv", GOOD + "1\x07,11,v,160,5\n", {},
+     r"a.csv, line 3: session id '1\\x07' holds a control character\.$"),
+    ("a.csv", "visitor,item,ts\nu1,10,100\nu\x7f2,11,160\n",
+     {"columns": {"user": "visitor", "item": "item", "ts": "ts"}},
+     r"a.csv, line 3: user id 'u\\x7f2' holds a control character\.$"),
+    ("a.jsonl", '{"session": 1, "item": "10", "activity": "v", "ts": 3}\n'
+                '{"session": 1, "item": "1\\u00001", "activity": "v", "ts": 4}\n', {},
+     r"a.jsonl, line 2: product id '1\\x001' holds a control character\.$"),
+    ("a.csv", GOOD + "1,11,v,1" + "\0" * 500 + ",5\n", {},
+     r"a.csv, line 3: timestamp '1(\\x00){14}…' is not a number"),
 ])
 def test_bad_event_logs_are_one_sentence_naming_file_and_line(tmp_path, name, text, settings,
                                                               message):

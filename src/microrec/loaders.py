@@ -134,6 +134,30 @@ def read_lines(path: Path) -> pl.DataFrame:
     return pl.concat(blocks)
 
 
+def shown(value, width: int = 60) -> str:
+    """A raw value as an error message quotes it: control characters escaped (as repr does)
+    and cut to about `width` characters, so that a line of NUL bytes cannot flood a terminal."""
+    text = str(value)
+    if len(repr(text)) <= width:
+        return repr(text)
+    text = text[:width]
+    while len(repr(text)) >= width:  # cut characters, so that no escape is cut in two
+        text = text[:-1]
+    quoted = repr(text)
+    return f"{quoted[:-1]}…{quoted[-1]}"
+
+
+def check_ids(frame: pl.DataFrame, ids: Mapping[str, str],
+              where: Callable[[dict], str]) -> None:
+    """Stop at the first id (column -> what it identifies) that holds a control character: a
+    NUL byte or an escape in an id is damage, not a name, and would reach every output."""
+    for column, what in ids.items():
+        if not frame.schema[column].is_integer():
+            raise_first(frame, pl.col(column).cast(pl.String).str.contains(r"\p{Cc}"),
+                        lambda r, c=column, w=what: f"{where(r)}: {w} id {shown(r[c])} holds "
+                                                    "a control character.")
+
+
 def raise_first(frame: pl.DataFrame, bad: pl.Expr, message: Callable[[dict], str]) -> None:
     """Raise DataError(message(row)) for the first row where `bad` holds, if any."""
     hit = frame.filter(bad.fill_null(False)).head(1)
@@ -156,7 +180,7 @@ def parse_dwell(frame: pl.DataFrame, raw: str, where: Callable[[dict], str]) -> 
     frame = frame.with_columns(pl.col(raw).cast(pl.Float64, strict=False).alias(S.DWELL))
     dwell = pl.col(S.DWELL)
     raise_first(frame, pl.col(raw).is_not_null() & (dwell.is_null() | ~dwell.is_finite()),
-                lambda r: f"{where(r)}: dwell time '{r[raw]}' is not a number.")
+                lambda r: f"{where(r)}: dwell time {shown(r[raw])} is not a number.")
     raise_first(frame, dwell < 0, lambda r: f"{where(r)}: negative dwell time {r[raw]}.")
     return frame
 
@@ -238,17 +262,18 @@ class JDSessions:
 
         shape = r"^[^+]+\+[^+]+\+[^+]+\+[^+]+\+[^+]+$"  # five non-empty fields
         raise_first(tokens, ~pl.col("token").str.contains(shape),
-                    lambda r: f"{where(r)}: token '{r['token']}' is not "
+                    lambda r: f"{where(r)}: token {shown(r['token'])} is not "
                               f"{'+'.join(JD_FIELDS)}.")
         tokens = tokens.with_columns(
             pl.col("token").str.split_exact("+", 4).struct.rename_fields(list(JD_FIELDS))
         ).unnest("token")
+        check_ids(tokens, {"sku": "product"}, where)
         tokens = tokens.with_columns(
             pl.col("behavior_type").replace_strict(JD_BEHAVIORS, default=None)
             .alias(S.ACTIVITY)
         )
         raise_first(tokens, pl.col(S.ACTIVITY).is_null(),
-                    lambda r: f"{where(r)}: unknown behavior type '{r['behavior_type']}' "
+                    lambda r: f"{where(r)}: unknown behavior type {shown(r['behavior_type'])} "
                               "(expected 1 to 10).")
         tokens = parse_dwell(tokens, "dwell_time", where)
         return tokens.select(
@@ -446,7 +471,7 @@ class EventLog:
             frame = _unpack(frame, self.explode, path)
         missing = sorted({c for c in self.columns.values() if c not in frame.columns})
         if missing:
-            has = ", ".join(c for c in frame.columns if c != LINE)
+            has = ", ".join(shown(c) for c in frame.columns if c != LINE)
             raise DataError(f"{path}: no column(s) {', '.join(missing)} (named in the "
                             f"event-log mapping); it has {has}.")
         return frame.select(LINE, *(pl.col(c).alias(r) for r, c in self.columns.items()))
@@ -480,6 +505,8 @@ class EventLog:
                 raise_first(frame, pl.col(role).is_null(),
                             lambda r, role=role: f"{where(r)}: no value in column "
                                                  f"'{self.columns[role]}' ({role}).")
+        check_ids(frame, {r: what for r, what in ((S.ITEM, "product"), (S.SESSION, "session"),
+                                                   (USER, "user")) if r in frame.columns}, where)
 
         if S.ACTIVITY in frame.columns:
             frame = self._activities(frame, where)
@@ -512,7 +539,7 @@ class EventLog:
         frame = frame.with_columns(
             code.replace_strict(self.activities, default=None).alias(S.ACTIVITY))
         raise_first(frame, pl.col(S.ACTIVITY).is_null(),
-                    lambda r: f"{where(r)}: unknown activity code '{r['activity_code']}' "
+                    lambda r: f"{where(r)}: unknown activity code {shown(r['activity_code'])} "
                               f"(the mapping knows {', '.join(self.activities)}).")
         return frame
 
@@ -535,7 +562,7 @@ class EventLog:
             expected = "a number (set data.source.ts_format for date-time strings)"
         frame = frame.with_columns(seconds.alias(S.TS))
         raise_first(frame, pl.col(S.TS).is_null(),
-                    lambda r: f"{where(r)}: timestamp '{r['ts_raw']}' is not {expected}.")
+                    lambda r: f"{where(r)}: timestamp {shown(r['ts_raw'])} is not {expected}.")
         return frame
 
     def _sessions(self, frame: pl.DataFrame) -> pl.DataFrame:
