@@ -42,6 +42,11 @@ _INTEGER_ID = r"^(0|[1-9][0-9]{0,17})$"  # ids that survive a round trip through
 PARQUET_MAGIC, GZIP_MAGIC = b"PAR1", b"\x1f\x8b"
 GZIP_ERRORS = (OSError, EOFError, zlib.error)  # a damaged or truncated gzip stream
 BLOCK_BYTES = 1 << 25  # text per parsed block of a JD file: bounds the parser's extra memory
+# Advice in the errors, which names training's settings; recommend.py reads its --input with
+# a run's own settings and words this advice for its arguments (recommend.INPUT_ADVICE)
+POINT_PATH = "point data.path at"
+SET_FILE_FORMAT = "set data.source.file_format to csv, parquet or jsonl"
+SET_TS_FORMAT = "set data.source.ts_format for date-time strings"
 
 
 # -- shared helpers ------------------------------------------------------------------------
@@ -211,7 +216,7 @@ class JDSessions:
     def _file(self) -> Path:
         if not self.path.is_file():
             what = "a folder, not a session file" if self.path.is_dir() else "no such file"
-            raise DataError(f"{self.path}: {what} (point data.path at a JD session file).")
+            raise DataError(f"{self.path}: {what} ({POINT_PATH} a JD session file).")
         return self.path
 
     def fingerprint(self) -> str:
@@ -425,8 +430,7 @@ class EventLog:
     def _format(self, path: Path) -> str:
         fmt = self.file_format or detect_format(path)
         if fmt is None:
-            raise DataError(f"{path}: unknown file type '{path.suffix}'; set "
-                            "data.source.file_format to csv, parquet or jsonl.")
+            raise DataError(f"{path}: unknown file type '{path.suffix}'; {SET_FILE_FORMAT}.")
         return fmt
 
     def files(self) -> list[Path]:
@@ -434,8 +438,8 @@ class EventLog:
         if self.path.is_file():
             return [self.path]
         if not self.path.is_dir():
-            raise DataError(f"{self.path}: no such file or folder (point data.path at the "
-                            "event log).")
+            raise DataError(f"{self.path}: no such file or folder ({POINT_PATH} the event "
+                            "log).")
         suffixes = [s for s, f in FORMATS.items() if self.file_format in (None, f)]
         formats = {FORMATS[s] for s in suffixes}
         files = sorted(p for p in self.path.iterdir()
@@ -559,7 +563,7 @@ class EventLog:
             number = raw.cast(pl.Float64, strict=False)
             number = pl.when(number.is_finite()).then(number)
             seconds = (number / TIME_UNITS[self.ts_format]).floor().cast(pl.Int64)
-            expected = "a number (set data.source.ts_format for date-time strings)"
+            expected = f"a number ({SET_TS_FORMAT})"
         frame = frame.with_columns(seconds.alias(S.TS))
         raise_first(frame, pl.col(S.TS).is_null(),
                     lambda r: f"{where(r)}: timestamp {shown(r['ts_raw'])} is not {expected}.")
