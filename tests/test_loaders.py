@@ -2,8 +2,10 @@
 
 import gzip
 import shutil
+from dataclasses import fields
 
 import hydra
+import numpy as np
 import polars as pl
 import pytest
 from conftest import ROOT, SHARED_DATA, compose_cfg
@@ -11,8 +13,10 @@ from polars.testing import assert_frame_equal
 
 from microrec import loaders
 from microrec import schema as S
+from microrec.data import MicroDataModule
 from microrec.errors import ConfigError, DataError
-from microrec.loaders import EventLog, JDSessions, item_ids, write_jd_sessions
+from microrec.loaders import EventLog, JDSessions, typed_ids, write_jd_sessions
+from microrec.protocol import SPLITS, SplitArrays
 from microrec.synthetic import SyntheticSource
 
 T0 = 1_577_836_800  # 2020-01-01 00:00:00 UTC
@@ -53,10 +57,10 @@ def test_jd_tokens_become_canonical_events(tmp_path):
     assert JDSessions(str(path)).activity_groups == S.PAPER_GROUPS
 
 
-def test_item_ids_are_integers_only_when_every_id_survives_the_round_trip():
-    assert item_ids(pl.Series(["7", "12"])).dtype == pl.Int64
-    assert item_ids(pl.Series(["7", "007"])).to_list() == ["7", "007"]  # leading zero
-    assert item_ids(pl.Series(["7", "sku9"])).dtype == pl.String
+def test_typed_ids_are_integers_only_when_every_id_survives_the_round_trip():
+    assert typed_ids(pl.Series(["7", "12"])).dtype == pl.Int64
+    assert typed_ids(pl.Series(["7", "007"])).to_list() == ["7", "007"]  # leading zero
+    assert typed_ids(pl.Series(["7", "sku9"])).dtype == pl.String
 
 
 @pytest.mark.parametrize("text, message", [
@@ -195,6 +199,33 @@ def test_a_folder_of_files_is_one_log(tmp_path):
     assert EventLog(str(tmp_path / "log"), columns=COLUMNS).fingerprint() != before
     assert EventLog(str(tmp_path / "log"), columns=COLUMNS, ts_format="ms").fingerprint() \
         != EventLog(str(tmp_path / "log"), columns=COLUMNS).fingerprint()
+
+
+def test_the_split_depends_on_the_sessions_not_on_the_file_type(tmp_path):
+    """CSV keys are text and Parquet or JSON keys numbers: both must order sessions alike, or
+    the session numbering, and so the seeded random split, would follow the file type."""
+    events = SyntheticSource(n_sessions=300, n_items=40, n_categories=4).load()
+    log = events.select((pl.col(S.SESSION) * 7 - 500).alias("visit"),  # some negative
+                        pl.format("u{}", pl.col(S.SESSION) % 13).alias("visitor"),
+                        S.ITEM, S.ACTIVITY)  # no time: a seeded random split
+    log.write_csv(tmp_path / "log.csv")
+    log.write_parquet(tmp_path / "log.parquet")
+    log.write_ndjson(tmp_path / "log.jsonl")
+    prepared = []
+    for name in ("log.csv", "log.parquet", "log.jsonl"):
+        source = EventLog(str(tmp_path / name),
+                          {"session": "visit", "user": "visitor", "item": "item",
+                           "activity": "activity"})
+        dm = MicroDataModule(source, features="sku_act", cache_dir=str(tmp_path / "cache"))
+        dm.setup()
+        prepared.append(dm.prepared)
+    first = prepared[0]
+    for other in prepared[1:]:
+        assert other.items == first.items
+        for name in SPLITS:
+            for f in fields(SplitArrays):  # session ids, tokens, targets, ...
+                np.testing.assert_array_equal(getattr(other.splits[name], f.name),
+                                              getattr(first.splits[name], f.name))
 
 
 GOOD = "session,item,activity,ts,dwell\n1,10,v,100,5\n"

@@ -28,7 +28,7 @@ from microrec.files import atomic_write
 
 log = logging.getLogger(__name__)
 
-LOADER_VERSION = 1  # bump on any change to what load() returns for the same bytes
+LOADER_VERSION = 2  # bump on any change to what load() returns for the same bytes
 FILE, LINE = "_file", "_line"  # where a row came from, for error messages
 USER = "user"  # an event-log role that is not a canonical column: sessions are cut from users
 SOURCE = "source_"  # prefix of the file's own session keys, which EventLog.load(keys=True) keeps
@@ -38,7 +38,6 @@ FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".jsonl": "js
 TIME_UNITS = {"s": 1.0, "ms": 1e3, "us": 1e6, "ns": 1e9}
 JD_BEHAVIORS = {str(code): name for code, name in enumerate(S.ACTIVITIES, start=1)}
 JD_FIELDS = ("sku", "behavior_type", "category", "time_interval", "dwell_time")
-_INTEGER_ID = r"^(0|[1-9][0-9]{0,17})$"  # ids that survive a round trip through int64
 PARQUET_MAGIC, GZIP_MAGIC = b"PAR1", b"\x1f\x8b"
 GZIP_ERRORS = (OSError, EOFError, zlib.error)  # a damaged or truncated gzip stream
 BLOCK_BYTES = 1 << 25  # text per parsed block of a JD file: bounds the parser's extra memory
@@ -170,14 +169,15 @@ def raise_first(frame: pl.DataFrame, bad: pl.Expr, message: Callable[[dict], str
         raise DataError(message(hit.row(0, named=True)))
 
 
-def item_ids(items: pl.Series) -> pl.Series:
-    """Products as int64 where every id is a plain integer, else as strings."""
-    if items.dtype.is_integer():
-        return items.cast(pl.Int64)
-    items = items.cast(pl.String)
-    if items.str.contains(_INTEGER_ID).all():
-        return items.cast(pl.Int64)
-    return items
+def typed_ids(ids: pl.Series) -> pl.Series:
+    """Ids (products, session and user keys) as int64 where every one is an integer written
+    plainly (its text survives a round trip through int64: no leading zero or plus sign),
+    else as strings; so a CSV file's text and a Parquet or JSON file's numbers agree."""
+    if ids.dtype.is_integer():
+        return ids.cast(pl.Int64)
+    text = ids.cast(pl.String)
+    number = text.cast(pl.Int64, strict=False)
+    return number if number.cast(pl.String).eq_missing(text).all() else text
 
 
 def parse_dwell(frame: pl.DataFrame, raw: str, where: Callable[[dict], str]) -> pl.DataFrame:
@@ -296,7 +296,7 @@ def _jd_canonical(tokens: pl.DataFrame) -> pl.DataFrame:
     return tokens.select(
         S.SESSION,
         S.POS,
-        item_ids(tokens["sku"]).alias(S.ITEM),
+        typed_ids(tokens["sku"]).alias(S.ITEM),
         S.ACTIVITY,
         S.DWELL,
         pl.lit(None, dtype=pl.Int64).alias(S.TS),
@@ -519,7 +519,7 @@ class EventLog:
         if S.DWELL in frame.columns:
             frame = parse_dwell(frame.rename({S.DWELL: "dwell_raw"}), "dwell_raw", where)
         if keys:
-            frame = frame.with_columns(item_ids(frame[k]).alias(SOURCE + k)
+            frame = frame.with_columns(typed_ids(frame[k]).alias(SOURCE + k)
                                        for k in (USER, S.SESSION) if k in frame.columns)
         frame = self._sessions(frame)
         log.info("%s: %d sessions, %d events from %d file(s) at %s", self.name,
@@ -527,7 +527,7 @@ class EventLog:
         return frame.select(
             S.SESSION,
             S.POS,
-            item_ids(frame[S.ITEM]).alias(S.ITEM),
+            typed_ids(frame[S.ITEM]).alias(S.ITEM),
             *(pl.col(c).cast(t) if c in frame.columns else pl.lit(None, dtype=t).alias(c)
               for c, t in ((S.ACTIVITY, pl.String), (S.DWELL, pl.Float64), (S.TS, pl.Int64),
                            (S.CATEGORY, pl.String))),
@@ -575,6 +575,9 @@ class EventLog:
         if S.SESSION in keys:
             keys = [USER, S.SESSION] if USER in keys else [S.SESSION]
         time = [S.TS] if S.TS in frame.columns else []
+        # keys sort as numbers where all are integers, else as text, whatever the file type:
+        # the numbering, and so a seeded random split, must not follow the file type
+        frame = frame.with_columns(typed_ids(frame[k]) for k in keys)
         frame = frame.sort(*keys, *time, FILE, LINE)
         new = pl.any_horizontal((pl.col(k) != pl.col(k).shift(1)).fill_null(True) for k in keys)
         if S.SESSION not in frame.columns:  # a user's events, cut at inactivity gaps
