@@ -198,6 +198,9 @@ def test_an_out_that_cannot_be_written_is_one_sentence(jd, tmp_path, monkeypatch
     with pytest.raises(WriteError, match=rf"^{re.escape(str(out))}: cannot be written: "
                                          rf"{re.escape(str(blocker))} is a file, not a folder\.$"):
         recommend(cfg.run_dir, str(root / "input.jd"), out)
+    with pytest.raises(WriteError, match=rf"^{re.escape(str(tmp_path))}: cannot be written "
+                                         r"\(Is a directory\)\.$"):
+        recommend(cfg.run_dir, str(root / "input.jd"), tmp_path)
 
     read_only = tmp_path / "read-only"
     read_only.mkdir()

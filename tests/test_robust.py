@@ -346,6 +346,16 @@ def test_written_files_get_the_mode_of_the_umask(umask, mode, tmp_path):
     assert stat.S_IMODE((tmp_path / "b.ckpt").stat().st_mode) == mode
 
 
+def test_a_cache_folder_that_cannot_be_made_is_one_sentence(tmp_path):
+    (tmp_path / "notes.txt").write_text("")
+    dm = module(tmp_path / "notes.txt" / "cache")
+    with pytest.raises(WriteError, match=rf"^{re.escape(str(tmp_path / 'notes.txt'))}/cache/"
+                                         r"\.synthetic-\w+\.npz\.lock: cannot be written: "
+                                         rf"{re.escape(str(tmp_path / 'notes.txt'))} is a "
+                                         r"file, not a folder\.$"):
+        dm.setup()
+
+
 def test_a_checkpoint_that_cannot_be_written_stops_training_in_one_sentence(cfg_factory,
                                                                            tmp_path):
     cfg = cfg_factory("model.init=random")

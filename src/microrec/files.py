@@ -12,8 +12,10 @@ from pathlib import Path
 from microrec.errors import WriteError
 
 # The system refusing a write: a full disk or quota, a file-size limit, a read-only or
-# forbidden folder. Not a bug, so one sentence naming the file, not a traceback.
-REFUSED = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
+# forbidden folder, a folder where the file should go. Not a bug, so one sentence naming the
+# file, not a traceback.
+REFUSED = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM,
+           errno.EISDIR}
 RUST_OS_ERROR = re.compile(r"\(os error (\d+)\)")  # how Polars' writers pass on an errno
 
 
