@@ -375,7 +375,7 @@ def test_a_cache_that_cannot_be_written_ends_train_py_in_one_error_line(tmp_path
         [sys.executable, "src/train.py", "logger=none", f"hydra.run.dir={tmp_path / 'run'}",
          f"cache_dir={tmp_path / 'cache'}"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
-        # the config files Hydra writes fit, the processed data (about 2 MB) does not
+        # the config files Hydra writes fit, the processed data (megabytes) does not
         preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 18, 1 << 18)))
     output = done.stdout + done.stderr
     assert done.returncode == 1, output[-3000:]

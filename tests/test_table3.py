@@ -239,18 +239,23 @@ def test_results_logs_a_wandb_table_offline(multiruns, monkeypatch):
     ("all failed", "none of the 1 jobs in"),
     ("seed twice", "are both seed 0 of POP on synthetic; pass each seed once."),
     ("two settings", "both use data=synthetic but with different data settings"),
+    ("untested", "0_x/metrics.json has no test/recall@20: that job never ran on test "
+                 "(test=false, as in a tuning sweep); pass multiruns of tested runs."),
 ])
 def test_bad_input_is_one_sentence(tmp_path, case, message):
     one, two = tmp_path / "a", tmp_path / "b"
     one.mkdir()
     two.mkdir()
-    if case == "all failed":
+    if case in ("all failed", "untested"):
         make_job(one, "0_x", "synthetic", "pop", 0)
+    if case == "untested":  # a tuning trial's metrics.json
+        (one / "0_x" / "metrics.json").write_text(json.dumps({"val/mrr@20": 0.1}))
     if case in ("seed twice", "two settings"):
         make_job(one, "0_x", "synthetic", "pop", 0, (0.1, 0.1))
         make_job(two, "0_x", "synthetic", "pop", 0 if case == "seed twice" else 1, (0.1, 0.1),
                  n_sessions=1000 if case == "seed twice" else 500)
-    folders = {"missing": [tmp_path / "nowhere"], "empty": [one], "all failed": [one]}.get(
+    folders = {"missing": [tmp_path / "nowhere"], "empty": [one], "all failed": [one],
+               "untested": [one]}.get(
         case, [one, two])
     with pytest.raises(ConfigError, match=re.escape(message)):
         table3(folders)

@@ -22,7 +22,7 @@ from omegaconf import OmegaConf
 from microrec import predictions, significance
 from microrec.errors import ConfigError
 from microrec.files import atomic_write
-from microrec.runs import CONFIG, HYDRA, job_folders, read_metrics, wandb_group
+from microrec.runs import CONFIG, HYDRA, METRICS_FILE, job_folders, read_metrics, wandb_group
 from microrec.schema import FEATURE_LABELS
 
 METRICS = {"test/recall@20": "Recall@20", "test/mrr@20": "MRR@20"}
@@ -88,8 +88,13 @@ def read_jobs(folders: list[Path]) -> list[Job]:
         data_type, model = row_of(choices, config.get("model"))
         data = OmegaConf.to_container(config.data)
         data_seed = int(data.pop("seed", 0))  # splits of one data set are repetitions
+        metrics = read_metrics(job)
+        if metrics is not None and (untested := [m for m in METRICS if m not in metrics]):
+            raise ConfigError(f"{job / METRICS_FILE} has no {untested[0]}: that job never ran "
+                              "on test (test=false, as in a tuning sweep); pass multiruns of "
+                              "tested runs.")
         jobs.append(Job(job, choices.data, data_type, model, int(config.seed), data_seed,
-                        data, read_metrics(job)))
+                        data, metrics))
     return jobs
 
 
