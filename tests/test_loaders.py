@@ -2,8 +2,10 @@
 
 import gzip
 import shutil
+from dataclasses import fields
 
 import hydra
+import numpy as np
 import polars as pl
 import pytest
 from conftest import ROOT, SHARED_DATA, compose_cfg
@@ -11,8 +13,10 @@ from polars.testing import assert_frame_equal
 
 from microrec import loaders
 from microrec import schema as S
+from microrec.data import MicroDataModule
 from microrec.errors import ConfigError, DataError
-from microrec.loaders import EventLog, JDSessions, item_ids, write_jd_sessions
+from microrec.loaders import EventLog, JDSessions, typed_ids, write_jd_sessions
+from microrec.protocol import SPLITS, SplitArrays
 from microrec.synthetic import SyntheticSource
 
 T0 = 1_577_836_800  # 2020-01-01 00:00:00 UTC
@@ -53,10 +57,10 @@ def test_jd_tokens_become_canonical_events(tmp_path):
     assert JDSessions(str(path)).activity_groups == S.PAPER_GROUPS
 
 
-def test_item_ids_are_integers_only_when_every_id_survives_the_round_trip():
-    assert item_ids(pl.Series(["7", "12"])).dtype == pl.Int64
-    assert item_ids(pl.Series(["7", "007"])).to_list() == ["7", "007"]  # leading zero
-    assert item_ids(pl.Series(["7", "sku9"])).dtype == pl.String
+def test_typed_ids_are_integers_only_when_every_id_survives_the_round_trip():
+    assert typed_ids(pl.Series(["7", "12"])).dtype == pl.Int64
+    assert typed_ids(pl.Series(["7", "007"])).to_list() == ["7", "007"]  # leading zero
+    assert typed_ids(pl.Series(["7", "sku9"])).dtype == pl.String
 
 
 @pytest.mark.parametrize("text, message", [
@@ -67,6 +71,10 @@ def test_item_ids_are_integers_only_when_every_id_survives_the_round_trip():
     ("1+5+c+3+20\n1+5+c+3+-4\n", r"jd, line 2: negative dwell time -4\.$"),
     (b"1+5+c+3+20\n1+5+\xff+3+20\n", r"jd, line 2: not UTF-8 text\.$"),
     ("\n  \n", r"jd: the file holds no sessions\.$"),
+    ("1+5+c+3+20\n" + "\0" * 960 + "\n",  # a line of NUL bytes: shown escaped, cut short
+     r"jd, line 2: token '(\\x00){14}…' is not sku\+behavior_type\+"),
+    ("1+5+c+3+20 2\x1b[31m+5+c+3+20\n",
+     r"jd, line 1: product id '2\\x1b\[31m' holds a control character\.$"),
 ])
 def test_bad_jd_files_name_the_file_and_line(tmp_path, text, message):
     path = write(tmp_path / "jd", text)
@@ -193,12 +201,40 @@ def test_a_folder_of_files_is_one_log(tmp_path):
         != EventLog(str(tmp_path / "log"), columns=COLUMNS).fingerprint()
 
 
+def test_the_split_depends_on_the_sessions_not_on_the_file_type(tmp_path):
+    """CSV keys are text and Parquet or JSON keys numbers: both must order sessions alike, or
+    the session numbering, and so the seeded random split, would follow the file type."""
+    events = SyntheticSource(n_sessions=300, n_items=40, n_categories=4).load()
+    log = events.select((pl.col(S.SESSION) * 7 - 500).alias("visit"),  # some negative
+                        pl.format("u{}", pl.col(S.SESSION) % 13).alias("visitor"),
+                        S.ITEM, S.ACTIVITY)  # no time: a seeded random split
+    log.write_csv(tmp_path / "log.csv")
+    log.write_parquet(tmp_path / "log.parquet")
+    log.write_ndjson(tmp_path / "log.jsonl")
+    prepared = []
+    for name in ("log.csv", "log.parquet", "log.jsonl"):
+        source = EventLog(str(tmp_path / name),
+                          {"session": "visit", "user": "visitor", "item": "item",
+                           "activity": "activity"})
+        dm = MicroDataModule(source, features="sku_act", cache_dir=str(tmp_path / "cache"))
+        dm.setup()
+        prepared.append(dm.prepared)
+    first = prepared[0]
+    for other in prepared[1:]:
+        assert other.items == first.items
+        for name in SPLITS:
+            for f in fields(SplitArrays):  # session ids, tokens, targets, ...
+                np.testing.assert_array_equal(getattr(other.splits[name], f.name),
+                                              getattr(first.splits[name], f.name))
+
+
 GOOD = "session,item,activity,ts,dwell\n1,10,v,100,5\n"
 
 
 @pytest.mark.parametrize("name, text, settings, message", [
     ("a.csv", GOOD, {"columns": {**COLUMNS, "item": "sku"}},
-     r"a.csv: no column\(s\) sku \(named in the event-log mapping\); it has session, item"),
+     r"a.csv: no column\(s\) sku \(named in the event-log mapping\); it has 'session', "
+     r"'item'"),
     ("a.csv", GOOD + "1,11,click,160,5\n", {"activities": {"v": "view"}},
      r"a.csv, line 3: unknown activity code 'click' \(the mapping knows v\)\.$"),
     ("a.csv", GOOD + "1,11,v,160,abc\n", {"columns": {**COLUMNS, "dwell_s": "dwell"}},
@@ -219,6 +255,18 @@ GOOD = "session,item,activity,ts,dwell\n1,10,v,100,5\n"
      r"a.jsonl: column 'events' does not hold lists of event records\.$"),
     ("a.parquet", "not parquet", {}, r"a.parquet: cannot be read as parquet \("),
     ("a.txt", GOOD, {}, r"a.txt: unknown file type '.txt'; set data.source.file_format"),
+    ("a.csv", GOOD + "1,11\0,v,160,5\n", {},
+     r"a.csv, line 3: product id '11\\x00' holds a control character\.$"),
+    ("a.csv", GOOD + "1\x07,11,v,160,5\n", {},
+     r"a.csv, line 3: session id '1\\x07' holds a control character\.$"),
+    ("a.csv", "visitor,item,ts\nu1,10,100\nu\x7f2,11,160\n",
+     {"columns": {"user": "visitor", "item": "item", "ts": "ts"}},
+     r"a.csv, line 3: user id 'u\\x7f2' holds a control character\.$"),
+    ("a.jsonl", '{"session": 1, "item": "10", "activity": "v", "ts": 3}\n'
+                '{"session": 1, "item": "1\\u00001", "activity": "v", "ts": 4}\n', {},
+     r"a.jsonl, line 2: product id '1\\x001' holds a control character\.$"),
+    ("a.csv", GOOD + "1,11,v,1" + "\0" * 500 + ",5\n", {},
+     r"a.csv, line 3: timestamp '1(\\x00){14}…' is not a number"),
 ])
 def test_bad_event_logs_are_one_sentence_naming_file_and_line(tmp_path, name, text, settings,
                                                               message):

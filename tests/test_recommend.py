@@ -1,6 +1,9 @@
 """Batch recommendations: new sessions in the data set's own format give the same top lists
 as the model ranks for the same inputs in evaluation."""
 
+import errno
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +17,7 @@ from omegaconf import OmegaConf
 
 from microrec import loaders, predictions
 from microrec import schema as S
-from microrec.errors import ConfigError, DataError
+from microrec.errors import ConfigError, DataError, WriteError
 from microrec.loaders import EventLog, JDSessions, write_jd_sessions
 from microrec.models.base import top_items
 from microrec.protocol import split_events
@@ -182,9 +185,38 @@ def test_bad_input_stops_with_one_sentence(jd, tmp_path):
     )
     assert result.returncode == 1
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert errors == [f"error: {tmp_path / 'missing.jd'}: no such file (point data.path at a "
+    assert errors == [f"error: {tmp_path / 'missing.jd'}: no such file (point --input at a "
                       "JD session file)."]
     assert not out.exists()
+
+
+def test_an_out_that_cannot_be_written_is_one_sentence(jd, tmp_path, monkeypatch):
+    cfg, root, _ = jd
+    blocker = tmp_path / "notes.txt"
+    blocker.write_text("")
+    out = blocker / "recs" / "recs.parquet"
+    with pytest.raises(WriteError, match=rf"^{re.escape(str(out))}: cannot be written: "
+                                         rf"{re.escape(str(blocker))} is a file, not a folder\.$"):
+        recommend(cfg.run_dir, str(root / "input.jd"), out)
+    with pytest.raises(WriteError, match=rf"^{re.escape(str(tmp_path))}: cannot be written "
+                                         r"\(Is a directory\)\.$"):
+        recommend(cfg.run_dir, str(root / "input.jd"), tmp_path)
+
+    read_only = tmp_path / "read-only"
+    read_only.mkdir()
+    real_open = os.open
+
+    def refuse(path, *args, **kwargs):  # what a read-only folder does (chmod binds no root)
+        if Path(path).parent == read_only:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), path)
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", refuse)
+    out = read_only / "recs.parquet"
+    with pytest.raises(WriteError, match=rf"^{re.escape(str(out))}: cannot be written "
+                                         r"\(Permission denied\)\.$"):
+        recommend(cfg.run_dir, str(root / "input.jd"), out)
+    assert list(read_only.iterdir()) == []
 
 
 @pytest.mark.parametrize("model", ["pop", "item_knn"])
@@ -218,6 +250,29 @@ def test_a_baseline_on_an_event_log_names_sessions_as_the_file_does(tmp_path, mo
     assert np.array_equal(scores, expected_scores)
     written = predictions.read(Path(cfg.run_dir) / predictions.PREDICTIONS_FILE)
     assert written["top"].to_list() == ids  # equal scores abound here: the same tie order
+
+
+def test_input_errors_advise_on_this_commands_arguments(tmp_path):
+    """The loaders' advice names training's settings (data.path, data.source.*), which
+    recommend.py does not take: it is worded for --input instead."""
+    log_file = tmp_path / "log.csv"
+    SyntheticSource(n_sessions=200, n_items=30, n_categories=3).load() \
+        .select(S.SESSION, S.ITEM, S.ACTIVITY, S.TS).write_csv(log_file)
+    cfg = train_run(tmp_path / "run", ["model=pop", "data=events", f"data.path={log_file}",
+                                       f"cache_dir={tmp_path / 'cache'}"])
+    out = tmp_path / "recs.parquet"
+    (tmp_path / "log.txt").write_text(log_file.read_text())
+    (tmp_path / "late.csv").write_text("session,item,activity,ts\n1,2,Cart,3\n1,4,Cart,soon\n")
+    for name, message in (
+            ("nowhere", r"nowhere: no such file or folder \(point --input at the event log\)\.$"),
+            ("log.txt", r"log\.txt: unknown file type '\.txt'; give the --input file a \.csv, "
+                        r"\.parquet or \.jsonl name\.$"),
+            ("late.csv", r"late\.csv, line 3: timestamp 'soon' is not a number \(write "
+                         r"--input's timestamps as the run's training data does\)\.$")):
+        with pytest.raises(DataError, match=message) as e:
+            recommend(cfg.run_dir, str(tmp_path / name), out)
+        assert "data." not in str(e.value)
+    assert not out.exists()
 
 
 def test_session_keys_are_the_logs_own(tmp_path):

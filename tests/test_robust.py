@@ -1,24 +1,36 @@
-"""Small data, corrupt or unsafe caches, and the cache under several processes."""
+"""Small data, corrupt or unsafe caches, the cache under several processes, and refused writes."""
 
+import errno
+import json
 import logging
 import os
 import pickle
+import re
+import resource
+import stat
 import subprocess
 import sys
 import threading
+from contextlib import contextmanager
 from dataclasses import fields
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
+import polars as pl
 import pytest
 import torch
 from conftest import ROOT
 
 import microrec.data
-from microrec.data import MicroDataModule
-from microrec.errors import ConfigError, DataError
+from microrec import predictions
+from microrec.config import build
+from microrec.data import MicroDataModule, load_arrays
+from microrec.errors import ConfigError, DataError, WriteError
+from microrec.files import atomic_write
 from microrec.protocol import SPLITS, SplitArrays
 from microrec.synthetic import SyntheticSource
+from microrec.training import CheckpointFiles, train
 
 SOURCE = dict(n_sessions=300, n_items=40, n_categories=4)
 
@@ -65,6 +77,27 @@ def flip_a_byte(path, marker):
     path.write_bytes(bytes(data))
 
 
+def zero_a_block(path, marker):
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 4096] = bytes(min(4096, len(data) - middle))  # same size, no CRC
+    path.write_bytes(bytes(data))
+
+
+def fill_with(value):
+    """Damage that keeps the file whole: every float array filled with `value`, CRCs valid."""
+    def damage(path, marker):
+        arrays = load_arrays(path)
+        for a in arrays.values():
+            if a.dtype.kind == "f":
+                a.fill(value)
+        with open(path, "wb") as f:
+            np.savez(f, **arrays)
+
+    damage.__name__ = f"filled_with_{value}"
+    return damage
+
+
 def plain_pickle(path, marker):
     path.write_bytes(pickle.dumps(Plant(marker)))
 
@@ -92,8 +125,9 @@ def id_out_of_range(path, marker):
         np.savez(f, **arrays)
 
 
-@pytest.mark.parametrize("damage", [truncate, flip_a_byte, plain_pickle, torch_pickle,
-                                    npz_with_object_array, other_settings, id_out_of_range])
+@pytest.mark.parametrize("damage", [truncate, flip_a_byte, zero_a_block, plain_pickle,
+                                    torch_pickle, npz_with_object_array, other_settings,
+                                    id_out_of_range])
 def test_a_damaged_or_foreign_cache_is_named_rebuilt_and_never_unpickled(
         damage, reference, tmp_path, caplog):
     dm = module(tmp_path)
@@ -118,11 +152,12 @@ def test_a_damaged_or_foreign_cache_is_named_rebuilt_and_never_unpickled(
     assert any("loaded processed" in r.getMessage() for r in caplog.records)
 
 
-@pytest.mark.parametrize("damage", [truncate, plain_pickle])
+@pytest.mark.parametrize("damage", [truncate, flip_a_byte, zero_a_block, plain_pickle,
+                                    fill_with(np.nan), fill_with(np.inf)])
 def test_a_damaged_word2vec_cache_is_retrained(damage, tmp_path, caplog):
     dm = module(tmp_path)
     vectors = dm.word2vec("item", dim=8, epochs=1)
-    (path,) = tmp_path.glob("w2v-*.npy")
+    (path,) = tmp_path.glob("w2v-*")
     marker = tmp_path / "code-ran"
     damage(path, marker)
     with caplog.at_level(logging.WARNING, logger="microrec.data"):
@@ -130,7 +165,7 @@ def test_a_damaged_word2vec_cache_is_retrained(damage, tmp_path, caplog):
     assert [f"cache file {path} is unreadable" in r.getMessage() for r in caplog.records] == [True]
     assert not marker.exists()
     np.testing.assert_array_equal(again, vectors)  # word2vec is seeded: the same vectors
-    np.testing.assert_array_equal(np.load(path, allow_pickle=False), vectors)
+    np.testing.assert_array_equal(load_arrays(path)["vectors"], vectors)  # rebuilt whole
 
 
 def test_prepare_data_builds_the_cache_and_setup_only_loads_it(reference, tmp_path,
@@ -226,3 +261,127 @@ def test_three_sessions_end_in_one_error_line_not_a_traceback(tmp_path):
                       "0.1])."]
     assert "Traceback" not in output
     assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+# -- writing outputs ---------------------------------------------------------------------------
+@contextmanager
+def file_size_limit(size: int):
+    """`ulimit -f` for this process: writes past `size` bytes fail with EFBIG (Python ignores
+    SIGXFSZ, so the write raises instead of the process being killed)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+
+
+def write_predictions(path):
+    predictions.write(path, [pl.DataFrame({"example": np.arange(5000)})])
+
+
+def write_checkpoint(path):
+    CheckpointFiles().save_checkpoint({"weights": torch.arange(5000.0)}, path)
+
+
+def write_metrics(path):  # as training writes metrics.json
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(list(range(5000)))))
+
+
+def write_cache_file(path):
+    microrec.data.save_arrays(path, {"vectors": np.zeros((500, 8), dtype=np.float32)})
+
+
+@pytest.mark.parametrize("write", [write_predictions, write_checkpoint, write_metrics,
+                                   write_cache_file])
+def test_a_file_too_large_is_one_sentence_and_leaves_the_old_file(write, tmp_path):
+    path = tmp_path / "out" / "file"
+    path.parent.mkdir()
+    path.write_text("the previous run's")
+    with file_size_limit(4096), pytest.raises(WriteError) as e:
+        write(path)
+    assert str(e.value) == f"{path}: cannot be written (File too large)."
+    assert path.read_text() == "the previous run's"
+    assert list(path.parent.iterdir()) == [path]  # no temporary file left behind
+
+
+@pytest.mark.parametrize("failure", [
+    OSError(errno.ENOSPC, "No space left on device"),
+    OSError(errno.EDQUOT, "Disk quota exceeded"),
+    pl.exceptions.ComputeError("parquet: underlying IO error: No space left on device "
+                               "(os error 28)"),  # Polars' writers name the errno in text
+])
+def test_a_full_disk_is_one_sentence_naming_the_file(failure, tmp_path):
+    def write(tmp):
+        Path(tmp).write_text("half")
+        raise failure
+
+    with pytest.raises(WriteError, match=rf"^{re.escape(str(tmp_path / 'a.json'))}: cannot be "
+                                         r"written \((No space left on device|Disk quota "
+                                         r"exceeded)\)\.$"):
+        atomic_write(tmp_path / "a.json", write)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("failure", [ValueError("a bug"), OSError(errno.EBADF, "Bad fd")])
+def test_other_failures_while_writing_pass_through(failure, tmp_path):
+    def write(tmp):
+        raise failure
+
+    with pytest.raises(type(failure)) as e:
+        atomic_write(tmp_path / "a.json", write)
+    assert e.value is failure  # not turned into a user error: a bug keeps its traceback
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600)])
+def test_written_files_get_the_mode_of_the_umask(umask, mode, tmp_path):
+    old = os.umask(umask)
+    try:
+        atomic_write(tmp_path / "a.txt", lambda tmp: Path(tmp).write_text("x"))
+        write_checkpoint(tmp_path / "b.ckpt")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) == mode
+    assert stat.S_IMODE((tmp_path / "b.ckpt").stat().st_mode) == mode
+
+
+def test_a_cache_folder_that_cannot_be_made_is_one_sentence(tmp_path):
+    (tmp_path / "notes.txt").write_text("")
+    dm = module(tmp_path / "notes.txt" / "cache")
+    with pytest.raises(WriteError, match=rf"^{re.escape(str(tmp_path / 'notes.txt'))}/cache/"
+                                         r"\.synthetic-\w+\.npz\.lock: cannot be written: "
+                                         rf"{re.escape(str(tmp_path / 'notes.txt'))} is a "
+                                         r"file, not a folder\.$"):
+        dm.setup()
+
+
+def test_a_checkpoint_that_cannot_be_written_stops_training_in_one_sentence(cfg_factory,
+                                                                           tmp_path):
+    cfg = cfg_factory("model.init=random")
+    build(cfg.data).setup()  # the data cache is written before the limit applies
+    with file_size_limit(4096), pytest.raises(WriteError) as e:
+        train(cfg)
+    checkpoints = tmp_path / "checkpoints"
+    assert str(e.value) == f"{checkpoints / 'best.ckpt'}: cannot be written (File too large)."
+    assert list(checkpoints.iterdir()) == []
+    assert not (tmp_path / "metrics.json").exists()
+
+
+@pytest.mark.slow
+def test_a_cache_that_cannot_be_written_ends_train_py_in_one_error_line(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    done = subprocess.run(
+        [sys.executable, "src/train.py", "logger=none", f"hydra.run.dir={tmp_path / 'run'}",
+         f"cache_dir={tmp_path / 'cache'}"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+        # the config files Hydra writes fit, the processed data (megabytes) does not
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 18, 1 << 18)))
+    output = done.stdout + done.stderr
+    assert done.returncode == 1, output[-3000:]
+    (cache,) = (tmp_path / "cache").glob(".*.lock")
+    target = cache.parent / cache.name.removeprefix(".").removesuffix(".lock")
+    assert [line for line in output.splitlines() if line.startswith("error:")] == \
+        [f"error: {target}: cannot be written (File too large)."]
+    assert "Traceback" not in output
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [cache.name]

@@ -17,7 +17,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
 from microrec import predictions
-from microrec.errors import ConfigError
+from microrec.errors import ConfigError, DataError
 from microrec.naming import job_label
 from microrec.runs import latest_multirun
 from microrec.schema import FEATURES
@@ -239,22 +239,52 @@ def test_results_logs_a_wandb_table_offline(multiruns, monkeypatch):
     ("all failed", "none of the 1 jobs in"),
     ("seed twice", "are both seed 0 of POP on synthetic; pass each seed once."),
     ("two settings", "both use data=synthetic but with different data settings"),
+    ("untested", "0_x/metrics.json has no test/recall@20: that job never ran on test "
+                 "(test=false, as in a tuning sweep); pass multiruns of tested runs."),
 ])
 def test_bad_input_is_one_sentence(tmp_path, case, message):
     one, two = tmp_path / "a", tmp_path / "b"
     one.mkdir()
     two.mkdir()
-    if case == "all failed":
+    if case in ("all failed", "untested"):
         make_job(one, "0_x", "synthetic", "pop", 0)
+    if case == "untested":  # a tuning trial's metrics.json
+        (one / "0_x" / "metrics.json").write_text(json.dumps({"val/mrr@20": 0.1}))
     if case in ("seed twice", "two settings"):
         make_job(one, "0_x", "synthetic", "pop", 0, (0.1, 0.1))
         make_job(two, "0_x", "synthetic", "pop", 0 if case == "seed twice" else 1, (0.1, 0.1),
                  n_sessions=1000 if case == "seed twice" else 500)
-    folders = {"missing": [tmp_path / "nowhere"], "empty": [one], "all failed": [one]}.get(
+    folders = {"missing": [tmp_path / "nowhere"], "empty": [one], "all failed": [one],
+               "untested": [one]}.get(
         case, [one, two])
     with pytest.raises(ConfigError, match=re.escape(message)):
         table3(folders)
     assert not (one / "table3.md").exists()
+
+
+def truncate_half(path):
+    path.write_bytes(path.read_bytes()[:path.stat().st_size // 2])
+
+
+@pytest.mark.parametrize("damaged, message", [
+    ("metrics.json", r"not a readable metrics file \(Unterminated string starting at: line 1 "
+                     r"column \d+ \(char \d+\)\); run that job again, or delete the file to "
+                     r"list the job as unfinished\.$"),
+    (predictions.PREDICTIONS_FILE, r"not a readable predictions file \(parquet: File out of "
+                                   r"specification: The file must end with PAR1 or PARE\); run "
+                                   r"that job again, or delete the file to leave the job out "
+                                   r"of the paired comparisons\.$"),
+])
+def test_a_truncated_metrics_or_predictions_file_is_one_sentence(paired_runs, damaged, message):
+    path = paired_runs / "3_x" / damaged
+    truncate_half(path)
+    with pytest.raises(DataError, match=rf"^{re.escape(str(path))}: {message}"):
+        table3([paired_runs], resamples=100)
+    if damaged == "metrics.json":  # and from the command, in one line
+        done = run_results(paired_runs)
+        assert done.returncode == 1 and done.stdout == ""
+        assert done.stderr.startswith(f"error: {path}: not a readable metrics file (")
+        assert done.stderr.count("\n") == 1
 
 
 @pytest.mark.slow

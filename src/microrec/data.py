@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import zipfile
 from contextlib import contextmanager
 from dataclasses import fields
 from pathlib import Path
@@ -19,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from microrec import schema as S
 from microrec.errors import ConfigError, DataError
-from microrec.files import atomic_write
+from microrec.files import atomic_write, writing
 from microrec.protocol import (
     N_BUCKETS,
     PROTOCOL_VERSION,
@@ -254,16 +255,9 @@ class MicroDataModule(L.LightningDataModule):
 
     def _read(self, path: Path, warn: bool) -> Prepared | None:
         """The cached data, or None when the file is missing or unusable (then rebuilt)."""
-        if not path.exists():
-            return None
-        try:
-            prepared = read_cache(path, self.cache_key())
-        except Exception as e:  # any failure to read it means only that it must be rebuilt
-            if warn:
-                log.warning("cache file %s is unreadable (%s: %s); rebuilding it", path,
-                            type(e).__name__, e)
-            return None
-        log.info("loaded processed %s from %s", self.source.name, path)
+        prepared = read_cached(path, lambda p: read_cache(p, self.cache_key()), warn)
+        if prepared is not None:
+            log.info("loaded processed %s from %s", self.source.name, path)
         return prepared
 
     def _build(self, path: Path) -> Prepared:
@@ -354,26 +348,67 @@ class MicroDataModule(L.LightningDataModule):
         params = {"data": self.cache_key(), "channel": channel, "dim": dim, "window": window,
                   "epochs": epochs, "seed": seed}
         key = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:20]
-        path = self.cache_dir / f"w2v-{key}.npy"
-        if path.exists():
-            try:
-                vectors = np.load(path, allow_pickle=False)
-                if vectors.shape != (size[channel], dim) or vectors.dtype != np.float32:
-                    raise ValueError(f"holds {vectors.dtype} {vectors.shape}")
-                return vectors
-            except Exception as e:  # unreadable or not ours: train the vectors again
-                log.warning("cache file %s is unreadable (%s: %s); rebuilding it", path,
-                            type(e).__name__, e)
-        train = self._ready().splits["train"]
-        sentences = np.split(train.tokens[:, column], train.session_end[:-1])
-        vectors = train_vectors(sentences, size[channel], dim, window, epochs, seed)
-
-        def save(tmp):
-            with open(tmp, "wb") as f:
-                np.save(f, vectors)
-
-        atomic_write(path, save)
+        path = self.cache_dir / f"w2v-{key}.npz"
+        vectors = read_cached(path, lambda p: read_vectors(p, (size[channel], dim)))
+        if vectors is None:
+            train = self._ready().splits["train"]
+            sentences = np.split(train.tokens[:, column], train.session_end[:-1])
+            vectors = train_vectors(sentences, size[channel], dim, window, epochs, seed)
+            save_arrays(path, {"vectors": vectors})
         return vectors
+
+
+# -- cache files -------------------------------------------------------------------------------
+# Every cache file is an .npz of plain arrays: nothing in it needs pickle, and each array's
+# bytes carry the zip CRC that `load_arrays` checks, so a damaged file is rebuilt, never used.
+def save_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Write `arrays` as one .npz, atomically."""
+    def save(tmp):
+        with open(tmp, "wb") as f:  # a file object: given a name, numpy would append .npz
+            np.savez(f, **arrays)
+
+    atomic_write(path, save)
+
+
+def load_arrays(path: Path) -> dict[str, np.ndarray]:
+    """Every array of a file written by `save_arrays`, each checked against its zip CRC.
+
+    zipfile compares a member's CRC only once the member is read to its end, and numpy
+    reads only the bytes an array's header asks for: so each member is read to its end here.
+    """
+    arrays = {}
+    with zipfile.ZipFile(path) as archive:
+        for name in archive.namelist():
+            with archive.open(name) as f:
+                arrays[name.removesuffix(".npy")] = np.lib.format.read_array(
+                    f, allow_pickle=False)
+                if f.read():
+                    raise ValueError(f"{name} holds more bytes than its array")
+    return arrays
+
+
+def read_cached(path: Path, read, warn: bool = True):
+    """`read(path)`, or None where the file is missing or fails any check (a warning names
+    it, and the caller rebuilds it)."""
+    if not path.exists():
+        return None
+    try:
+        return read(path)
+    except Exception as e:  # any failure to read it means only that it must be rebuilt
+        if warn:
+            log.warning("cache file %s is unreadable (%s: %s); rebuilding it", path,
+                        type(e).__name__, e)
+        return None
+
+
+def read_vectors(path: Path, shape: tuple[int, int]) -> np.ndarray:
+    """The word2vec table of a cache file, checked: its shape, float32, every value finite."""
+    vectors = load_arrays(path)["vectors"]
+    if vectors.shape != shape or vectors.dtype != np.float32:
+        raise ValueError(f"holds {vectors.dtype} {vectors.shape}")
+    if not np.isfinite(vectors).all():  # NaN or inf would reach the embeddings unseen
+        raise ValueError("holds values that are not finite")
+    return vectors
 
 
 # -- the processed-data cache ----------------------------------------------------------------
@@ -384,8 +419,10 @@ def exclusive(path: Path):
     flock is dropped by the kernel when the holder exits, so a killed process leaves no
     stale lock behind.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.parent / f".{path.name}.lock", "w") as f:
+    lock = path.parent / f".{path.name}.lock"
+    with writing(lock):
+        f = open(lock, "w")
+    with f:
         if fcntl is not None:
             fcntl.flock(f, fcntl.LOCK_EX)
         yield
@@ -394,7 +431,7 @@ def exclusive(path: Path):
 def write_cache(path: Path, prepared: Prepared, key: str) -> None:
     """Store `prepared` as one .npz of plain arrays, metadata as JSON bytes, atomically.
 
-    One file, so data and metadata cannot be torn apart; nothing in it needs pickle.
+    One file, so data and metadata cannot be torn apart.
     """
     meta = {"format": CACHE_FORMAT, "key": key, "items": prepared.items,
             "activities": prepared.activities, "bucket_edges": list(prepared.bucket_edges),
@@ -403,26 +440,21 @@ def write_cache(path: Path, prepared: Prepared, key: str) -> None:
     arrays = {f"{name}.{f.name}": getattr(split, f.name)
               for name, split in prepared.splits.items() for f in fields(SplitArrays)}
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
-
-    def save(tmp):
-        with open(tmp, "wb") as f:  # a file object: given a name, numpy would append .npz
-            np.savez(f, **arrays)
-
-    atomic_write(path, save)
+    save_arrays(path, arrays)
 
 
 def read_cache(path: Path, key: str) -> Prepared:
     """Load a file written by `write_cache` for `key`, never unpickling anything.
 
-    Raises when the file is truncated (zip CRCs), written for other settings, or its arrays
-    do not fit together.
+    Raises when a byte of the file changed (zip CRCs), it was written for other settings, or
+    its arrays do not fit together.
     """
-    with np.load(path, allow_pickle=False) as npz:
-        meta = json.loads(npz["meta"].tobytes())
-        if meta["format"] != CACHE_FORMAT or meta["key"] != key:
-            raise ValueError(f"written for other settings (key {meta['key']})")
-        splits = {name: SplitArrays(**{f.name: npz[f"{name}.{f.name}"]
-                                       for f in fields(SplitArrays)}) for name in SPLITS}
+    npz = load_arrays(path)
+    meta = json.loads(npz["meta"].tobytes())
+    if meta["format"] != CACHE_FORMAT or meta["key"] != key:
+        raise ValueError(f"written for other settings (key {meta['key']})")
+    splits = {name: SplitArrays(**{f.name: npz[f"{name}.{f.name}"]
+                                   for f in fields(SplitArrays)}) for name in SPLITS}
     prepared = Prepared(splits=splits, items=meta["items"], activities=meta["activities"],
                         bucket_edges=tuple(meta["bucket_edges"]),
                         has_activity=meta["has_activity"], has_dwell=meta["has_dwell"],

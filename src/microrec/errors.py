@@ -25,3 +25,7 @@ class Stopped(MicrorecError):
 
     label = "stopped"
     exit_status = 128 + 15  # what a shell reports for a process ended by SIGTERM
+
+
+class WriteError(MicrorecError):
+    """The system refused to write a file: a full disk, a file-size limit, a read-only folder."""

@@ -10,7 +10,6 @@ attention treat the targets (repeat_gate).
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,11 +36,11 @@ from microrec.plots import (
 )
 from microrec.runs import (
     CONFIG,
-    METRICS_FILE,
     check_same_run,
     checkpoint_run_id,
     find_checkpoints,
     job_id,
+    read_metrics,
     run_folder,
 )
 
@@ -72,8 +71,7 @@ def load_runs(checkpoints: list[Path], notes: list[str]) -> list[Run]:
         if not (run_dir / CONFIG).is_file():
             raise ConfigError(f"{ckpt}: its run folder {run_dir} has no {CONFIG}, so its data "
                               "cannot be rebuilt.")
-        if (run_dir / METRICS_FILE).is_file():  # a finished run: the checkpoint must be its
-            metrics = json.loads((run_dir / METRICS_FILE).read_text())
+        if (metrics := read_metrics(run_dir)) is not None:  # finished: the checkpoint is its
             check_same_run(metrics, ckpt, checkpoint_run_id(ckpt))
         cfg = OmegaConf.load(run_dir / CONFIG)
         target = OmegaConf.select(cfg, "model._target_")

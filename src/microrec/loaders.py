@@ -28,7 +28,7 @@ from microrec.files import atomic_write
 
 log = logging.getLogger(__name__)
 
-LOADER_VERSION = 1  # bump on any change to what load() returns for the same bytes
+LOADER_VERSION = 2  # bump on any change to what load() returns for the same bytes
 FILE, LINE = "_file", "_line"  # where a row came from, for error messages
 USER = "user"  # an event-log role that is not a canonical column: sessions are cut from users
 SOURCE = "source_"  # prefix of the file's own session keys, which EventLog.load(keys=True) keeps
@@ -38,10 +38,14 @@ FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".jsonl": "js
 TIME_UNITS = {"s": 1.0, "ms": 1e3, "us": 1e6, "ns": 1e9}
 JD_BEHAVIORS = {str(code): name for code, name in enumerate(S.ACTIVITIES, start=1)}
 JD_FIELDS = ("sku", "behavior_type", "category", "time_interval", "dwell_time")
-_INTEGER_ID = r"^(0|[1-9][0-9]{0,17})$"  # ids that survive a round trip through int64
 PARQUET_MAGIC, GZIP_MAGIC = b"PAR1", b"\x1f\x8b"
 GZIP_ERRORS = (OSError, EOFError, zlib.error)  # a damaged or truncated gzip stream
 BLOCK_BYTES = 1 << 25  # text per parsed block of a JD file: bounds the parser's extra memory
+# Advice in the errors, which names training's settings; recommend.py reads its --input with
+# a run's own settings and words this advice for its arguments (recommend.INPUT_ADVICE)
+POINT_PATH = "point data.path at"
+SET_FILE_FORMAT = "set data.source.file_format to csv, parquet or jsonl"
+SET_TS_FORMAT = "set data.source.ts_format for date-time strings"
 
 
 # -- shared helpers ------------------------------------------------------------------------
@@ -134,6 +138,30 @@ def read_lines(path: Path) -> pl.DataFrame:
     return pl.concat(blocks)
 
 
+def shown(value, width: int = 60) -> str:
+    """A raw value as an error message quotes it: control characters escaped (as repr does)
+    and cut to about `width` characters, so that a line of NUL bytes cannot flood a terminal."""
+    text = str(value)
+    if len(repr(text)) <= width:
+        return repr(text)
+    text = text[:width]
+    while len(repr(text)) >= width:  # cut characters, so that no escape is cut in two
+        text = text[:-1]
+    quoted = repr(text)
+    return f"{quoted[:-1]}…{quoted[-1]}"
+
+
+def check_ids(frame: pl.DataFrame, ids: Mapping[str, str],
+              where: Callable[[dict], str]) -> None:
+    """Stop at the first id (column -> what it identifies) that holds a control character: a
+    NUL byte or an escape in an id is damage, not a name, and would reach every output."""
+    for column, what in ids.items():
+        if not frame.schema[column].is_integer():
+            raise_first(frame, pl.col(column).cast(pl.String).str.contains(r"\p{Cc}"),
+                        lambda r, c=column, w=what: f"{where(r)}: {w} id {shown(r[c])} holds "
+                                                    "a control character.")
+
+
 def raise_first(frame: pl.DataFrame, bad: pl.Expr, message: Callable[[dict], str]) -> None:
     """Raise DataError(message(row)) for the first row where `bad` holds, if any."""
     hit = frame.filter(bad.fill_null(False)).head(1)
@@ -141,14 +169,15 @@ def raise_first(frame: pl.DataFrame, bad: pl.Expr, message: Callable[[dict], str
         raise DataError(message(hit.row(0, named=True)))
 
 
-def item_ids(items: pl.Series) -> pl.Series:
-    """Products as int64 where every id is a plain integer, else as strings."""
-    if items.dtype.is_integer():
-        return items.cast(pl.Int64)
-    items = items.cast(pl.String)
-    if items.str.contains(_INTEGER_ID).all():
-        return items.cast(pl.Int64)
-    return items
+def typed_ids(ids: pl.Series) -> pl.Series:
+    """Ids (products, session and user keys) as int64 where every one is an integer written
+    plainly (its text survives a round trip through int64: no leading zero or plus sign),
+    else as strings; so a CSV file's text and a Parquet or JSON file's numbers agree."""
+    if ids.dtype.is_integer():
+        return ids.cast(pl.Int64)
+    text = ids.cast(pl.String)
+    number = text.cast(pl.Int64, strict=False)
+    return number if number.cast(pl.String).eq_missing(text).all() else text
 
 
 def parse_dwell(frame: pl.DataFrame, raw: str, where: Callable[[dict], str]) -> pl.DataFrame:
@@ -156,7 +185,7 @@ def parse_dwell(frame: pl.DataFrame, raw: str, where: Callable[[dict], str]) -> 
     frame = frame.with_columns(pl.col(raw).cast(pl.Float64, strict=False).alias(S.DWELL))
     dwell = pl.col(S.DWELL)
     raise_first(frame, pl.col(raw).is_not_null() & (dwell.is_null() | ~dwell.is_finite()),
-                lambda r: f"{where(r)}: dwell time '{r[raw]}' is not a number.")
+                lambda r: f"{where(r)}: dwell time {shown(r[raw])} is not a number.")
     raise_first(frame, dwell < 0, lambda r: f"{where(r)}: negative dwell time {r[raw]}.")
     return frame
 
@@ -187,7 +216,7 @@ class JDSessions:
     def _file(self) -> Path:
         if not self.path.is_file():
             what = "a folder, not a session file" if self.path.is_dir() else "no such file"
-            raise DataError(f"{self.path}: {what} (point data.path at a JD session file).")
+            raise DataError(f"{self.path}: {what} ({POINT_PATH} a JD session file).")
         return self.path
 
     def fingerprint(self) -> str:
@@ -238,17 +267,18 @@ class JDSessions:
 
         shape = r"^[^+]+\+[^+]+\+[^+]+\+[^+]+\+[^+]+$"  # five non-empty fields
         raise_first(tokens, ~pl.col("token").str.contains(shape),
-                    lambda r: f"{where(r)}: token '{r['token']}' is not "
+                    lambda r: f"{where(r)}: token {shown(r['token'])} is not "
                               f"{'+'.join(JD_FIELDS)}.")
         tokens = tokens.with_columns(
             pl.col("token").str.split_exact("+", 4).struct.rename_fields(list(JD_FIELDS))
         ).unnest("token")
+        check_ids(tokens, {"sku": "product"}, where)
         tokens = tokens.with_columns(
             pl.col("behavior_type").replace_strict(JD_BEHAVIORS, default=None)
             .alias(S.ACTIVITY)
         )
         raise_first(tokens, pl.col(S.ACTIVITY).is_null(),
-                    lambda r: f"{where(r)}: unknown behavior type '{r['behavior_type']}' "
+                    lambda r: f"{where(r)}: unknown behavior type {shown(r['behavior_type'])} "
                               "(expected 1 to 10).")
         tokens = parse_dwell(tokens, "dwell_time", where)
         return tokens.select(
@@ -266,7 +296,7 @@ def _jd_canonical(tokens: pl.DataFrame) -> pl.DataFrame:
     return tokens.select(
         S.SESSION,
         S.POS,
-        item_ids(tokens["sku"]).alias(S.ITEM),
+        typed_ids(tokens["sku"]).alias(S.ITEM),
         S.ACTIVITY,
         S.DWELL,
         pl.lit(None, dtype=pl.Int64).alias(S.TS),
@@ -400,8 +430,7 @@ class EventLog:
     def _format(self, path: Path) -> str:
         fmt = self.file_format or detect_format(path)
         if fmt is None:
-            raise DataError(f"{path}: unknown file type '{path.suffix}'; set "
-                            "data.source.file_format to csv, parquet or jsonl.")
+            raise DataError(f"{path}: unknown file type '{path.suffix}'; {SET_FILE_FORMAT}.")
         return fmt
 
     def files(self) -> list[Path]:
@@ -409,8 +438,8 @@ class EventLog:
         if self.path.is_file():
             return [self.path]
         if not self.path.is_dir():
-            raise DataError(f"{self.path}: no such file or folder (point data.path at the "
-                            "event log).")
+            raise DataError(f"{self.path}: no such file or folder ({POINT_PATH} the event "
+                            "log).")
         suffixes = [s for s, f in FORMATS.items() if self.file_format in (None, f)]
         formats = {FORMATS[s] for s in suffixes}
         files = sorted(p for p in self.path.iterdir()
@@ -446,7 +475,7 @@ class EventLog:
             frame = _unpack(frame, self.explode, path)
         missing = sorted({c for c in self.columns.values() if c not in frame.columns})
         if missing:
-            has = ", ".join(c for c in frame.columns if c != LINE)
+            has = ", ".join(shown(c) for c in frame.columns if c != LINE)
             raise DataError(f"{path}: no column(s) {', '.join(missing)} (named in the "
                             f"event-log mapping); it has {has}.")
         return frame.select(LINE, *(pl.col(c).alias(r) for r, c in self.columns.items()))
@@ -480,6 +509,8 @@ class EventLog:
                 raise_first(frame, pl.col(role).is_null(),
                             lambda r, role=role: f"{where(r)}: no value in column "
                                                  f"'{self.columns[role]}' ({role}).")
+        check_ids(frame, {r: what for r, what in ((S.ITEM, "product"), (S.SESSION, "session"),
+                                                   (USER, "user")) if r in frame.columns}, where)
 
         if S.ACTIVITY in frame.columns:
             frame = self._activities(frame, where)
@@ -488,7 +519,7 @@ class EventLog:
         if S.DWELL in frame.columns:
             frame = parse_dwell(frame.rename({S.DWELL: "dwell_raw"}), "dwell_raw", where)
         if keys:
-            frame = frame.with_columns(item_ids(frame[k]).alias(SOURCE + k)
+            frame = frame.with_columns(typed_ids(frame[k]).alias(SOURCE + k)
                                        for k in (USER, S.SESSION) if k in frame.columns)
         frame = self._sessions(frame)
         log.info("%s: %d sessions, %d events from %d file(s) at %s", self.name,
@@ -496,7 +527,7 @@ class EventLog:
         return frame.select(
             S.SESSION,
             S.POS,
-            item_ids(frame[S.ITEM]).alias(S.ITEM),
+            typed_ids(frame[S.ITEM]).alias(S.ITEM),
             *(pl.col(c).cast(t) if c in frame.columns else pl.lit(None, dtype=t).alias(c)
               for c, t in ((S.ACTIVITY, pl.String), (S.DWELL, pl.Float64), (S.TS, pl.Int64),
                            (S.CATEGORY, pl.String))),
@@ -512,7 +543,7 @@ class EventLog:
         frame = frame.with_columns(
             code.replace_strict(self.activities, default=None).alias(S.ACTIVITY))
         raise_first(frame, pl.col(S.ACTIVITY).is_null(),
-                    lambda r: f"{where(r)}: unknown activity code '{r['activity_code']}' "
+                    lambda r: f"{where(r)}: unknown activity code {shown(r['activity_code'])} "
                               f"(the mapping knows {', '.join(self.activities)}).")
         return frame
 
@@ -532,10 +563,10 @@ class EventLog:
             number = raw.cast(pl.Float64, strict=False)
             number = pl.when(number.is_finite()).then(number)
             seconds = (number / TIME_UNITS[self.ts_format]).floor().cast(pl.Int64)
-            expected = "a number (set data.source.ts_format for date-time strings)"
+            expected = f"a number ({SET_TS_FORMAT})"
         frame = frame.with_columns(seconds.alias(S.TS))
         raise_first(frame, pl.col(S.TS).is_null(),
-                    lambda r: f"{where(r)}: timestamp '{r['ts_raw']}' is not {expected}.")
+                    lambda r: f"{where(r)}: timestamp {shown(r['ts_raw'])} is not {expected}.")
         return frame
 
     def _sessions(self, frame: pl.DataFrame) -> pl.DataFrame:
@@ -544,6 +575,9 @@ class EventLog:
         if S.SESSION in keys:
             keys = [USER, S.SESSION] if USER in keys else [S.SESSION]
         time = [S.TS] if S.TS in frame.columns else []
+        # keys sort as numbers where all are integers, else as text, whatever the file type:
+        # the numbering, and so a seeded random split, must not follow the file type
+        frame = frame.with_columns(typed_ids(frame[k]) for k in keys)
         frame = frame.sort(*keys, *time, FILE, LINE)
         new = pl.any_horizontal((pl.col(k) != pl.col(k).shift(1)).fill_null(True) for k in keys)
         if S.SESSION not in frame.columns:  # a user's events, cut at inactivity gaps

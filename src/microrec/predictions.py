@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from microrec.errors import DataError
 from microrec.files import atomic_write
 from microrec.protocol import SplitArrays
 from microrec.runs import RUN_ID
@@ -82,7 +83,13 @@ def run_of(path: Path) -> str | None:
 
 def read(path: Path, stage: str = "test") -> pl.DataFrame:
     """One split's rows of a `predictions.parquet`, in example order."""
-    return pl.read_parquet(path).filter(pl.col("split") == stage).sort("example")
+    try:
+        return pl.read_parquet(path).filter(pl.col("split") == stage).sort("example")
+    except pl.exceptions.PolarsError as e:  # truncated, damaged, or not this table
+        reason = str(e).strip().splitlines()[0].rstrip(".")
+        raise DataError(f"{path}: not a readable predictions file ({reason}); run that job "
+                        "again, or delete the file to leave the job out of the paired "
+                        "comparisons.") from None
 
 
 def hits_and_rr(rank: pl.Series | np.ndarray, k: int = K) -> tuple[np.ndarray, np.ndarray]:

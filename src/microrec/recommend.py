@@ -26,6 +26,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from rich.progress import MofNCompleteColumn, Progress
 
+from microrec import loaders
 from microrec import schema as S
 from microrec.config import build
 from microrec.data import Examples, MicroDataModule
@@ -39,6 +40,13 @@ from microrec.runs import CONFIG, find_checkpoints, run_folder
 
 log = logging.getLogger("microrec.recommend")
 RANK, SCORE = "rank", "score"  # output columns besides the session keys and S.ITEM
+# The loaders advise on training's settings; here the file is --input, read with the run's
+# own settings, so their advice is worded for this command's arguments
+INPUT_ADVICE = {
+    loaders.POINT_PATH: "point --input at",
+    loaders.SET_FILE_FORMAT: "give the --input file a .csv, .parquet or .jsonl name",
+    loaders.SET_TS_FORMAT: "write --input's timestamps as the run's training data does",
+}
 
 
 def run_config(path: str) -> tuple[Path, DictConfig]:
@@ -109,13 +117,20 @@ def validated(raw: pl.DataFrame, name: str) -> pl.DataFrame:
 def event_blocks(source) -> Iterator[pl.DataFrame]:
     """The new sessions as canonical event tables of whole sessions: block by block where the
     loader streams (JD session files: one line is one session), else the whole log at once
-    (an event log's sessions are only known once every event is read and sorted)."""
-    if hasattr(source, "blocks"):
-        for raw in source.blocks():
-            yield validated(raw, source.name)
-    else:
-        yield validated(source.load(keys=True) if isinstance(source, EventLog) else source.load(),
-                        source.name)
+    (an event log's sessions are only known once every event is read and sorted). A bad
+    file's error gives the advice of `INPUT_ADVICE`."""
+    try:
+        if hasattr(source, "blocks"):
+            for raw in source.blocks():
+                yield validated(raw, source.name)
+        else:
+            yield validated(source.load(keys=True) if isinstance(source, EventLog)
+                            else source.load(), source.name)
+    except DataError as e:
+        message = str(e)
+        for training, here in INPUT_ADVICE.items():
+            message = message.replace(training, here)
+        raise DataError(message) from None
 
 
 def session_keys(chunk: pl.DataFrame, sessions: np.ndarray) -> pl.DataFrame:
@@ -233,7 +248,6 @@ def recommend(run: str, input_path: str, out: Path, top: int = 20, chunk_size: i
                                                 "sessions read)")
             pl.scan_parquet(files).sink_parquet(tmp)  # streams: one chunk in memory at a time
 
-    out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(out, write)
     summary["unknown_products"] = len(unknown)
     log.info("%s: %d sessions, %d events; %d events on %d products unseen in training (the "

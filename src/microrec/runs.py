@@ -7,11 +7,12 @@ A run folder holds `.hydra/` (its composed config and Hydra's choices), `metrics
 
 from __future__ import annotations
 
+import json
 import secrets
 import sys
 from pathlib import Path
 
-from microrec.errors import ConfigError
+from microrec.errors import ConfigError, DataError
 
 MULTIRUNS = Path("outputs/multirun")
 RUN_ID = "run_id"  # names the run in metrics.json, predictions.parquet and every checkpoint
@@ -81,6 +82,21 @@ def job_folders(multirun: Path) -> list[Path]:
         raise ConfigError(f"{multirun} holds no job folders (sub-folders with .hydra/); pass "
                           "a multirun folder.")
     return sorted(found, key=job_order)
+
+
+def read_metrics(job: Path) -> dict | None:
+    """A job's metrics.json, or None where it has none (the job failed or is unfinished)."""
+    path = job / METRICS_FILE
+    if not path.is_file():
+        return None
+    try:
+        metrics = json.loads(path.read_bytes())
+        if not isinstance(metrics, dict):
+            raise ValueError("it holds no JSON object")
+    except ValueError as e:  # also text that is not UTF-8
+        raise DataError(f"{path}: not a readable metrics file ({e}); run that job again, or "
+                        "delete the file to list the job as unfinished.") from None
+    return metrics
 
 
 def latest_multirun(root: Path = MULTIRUNS) -> Path:

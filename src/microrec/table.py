@@ -13,7 +13,6 @@ optionally broken down into repeat and new targets.
 from __future__ import annotations
 
 import csv
-import json
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ from microrec.runs import (
     METRICS_FILE,
     check_same_run,
     job_folders,
+    read_metrics,
     wandb_group,
 )
 from microrec.schema import FEATURE_LABELS
@@ -93,12 +93,16 @@ def read_jobs(folders: list[Path]) -> list[Job]:
     for job in (job for folder in folders for job in job_folders(folder)):
         choices = OmegaConf.load(job / HYDRA).hydra.runtime.choices
         config = OmegaConf.load(job / CONFIG)
-        metrics = job / METRICS_FILE
         data_type, model = row_of(choices, config.get("model"))
         data = OmegaConf.to_container(config.data)
         data_seed = int(data.pop("seed", 0))  # splits of one data set are repetitions
+        metrics = read_metrics(job)
+        if metrics is not None and (untested := [m for m in METRICS if m not in metrics]):
+            raise ConfigError(f"{job / METRICS_FILE} has no {untested[0]}: that job never ran "
+                              "on test (test=false, as in a tuning sweep); pass multiruns of "
+                              "tested runs.")
         jobs.append(Job(job, choices.data, data_type, model, int(config.seed), data_seed,
-                        data, json.loads(metrics.read_text()) if metrics.is_file() else None))
+                        data, metrics))
     return jobs
 
 

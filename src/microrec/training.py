@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import time
@@ -9,8 +10,10 @@ from pathlib import Path
 
 import hydra
 import pytorch_lightning as L
+import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.plugins.io import TorchCheckpointIO
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from microrec import predictions
@@ -35,6 +38,17 @@ from microrec.tuning import check_tuned  # and the sqlite_url resolver hparams_s
 log = logging.getLogger("microrec.train")
 TAGGED_GROUPS = ("data", "model", "features", "encoder", "attention", "head", "tuned")
 OmegaConf.register_new_resolver("job_label", job_label, replace=True)
+
+
+class CheckpointFiles(TorchCheckpointIO):
+    """Checkpoints written like every other output (`files.atomic_write`): whole or not at
+    all, with the umask's mode, and a full disk is one sentence naming the checkpoint."""
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)  # in memory first, as Lightning does: torch's own file
+        # writer reports a failed write without its errno
+        atomic_write(Path(path), lambda tmp: Path(tmp).write_bytes(buffer.getbuffer()))
 
 
 def run_identity() -> dict:
@@ -109,7 +123,8 @@ def train(cfg: DictConfig) -> dict:
     named = RunIdentity()  # a resumed run gets its own id back from the checkpoint
     callbacks = [build(c) for c in cfg.callbacks.values() if c is not None]
     callbacks += [RngStates(), named, CheckpointOnSigterm(run_dir / LAST)]
-    trainer = build(cfg.trainer, logger=logger or False, callbacks=callbacks)
+    trainer = build(cfg.trainer, logger=logger or False, callbacks=callbacks,
+                    plugins=[CheckpointFiles()])
 
     try:
         metrics = fit_and_evaluate(cfg, trainer, model, dm, resume_from, keep)

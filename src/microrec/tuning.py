@@ -9,7 +9,6 @@ results table load (conf/row/).
 
 from __future__ import annotations
 
-import json
 import logging
 import subprocess
 from datetime import datetime
@@ -19,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from microrec.errors import ConfigError
 from microrec.files import atomic_write
-from microrec.runs import CONFIG, HYDRA, METRICS_FILE, job_folders, job_id
+from microrec.runs import CONFIG, HYDRA, job_folders, job_id, read_metrics
 
 ROOT = Path(__file__).resolve().parents[2]  # the project: src/microrec/tuning.py
 CONF = ROOT / "conf"
@@ -120,7 +119,7 @@ def keep_best(sweep: Path, conf: Path = CONF, command: str = "") -> Path:
                               "holds another sweep's trials; delete it and run the sweep again.")
         if trial.number in failed:
             continue  # no metrics.json
-        metrics = json.loads((job / METRICS_FILE).read_text())
+        metrics = read_metrics(job) or {}
         if tested := sorted(k for k in metrics if k.startswith("test/")):
             raise ConfigError(f"{job} computed {tested[0]}: a tuning trial must never see "
                               "test (test=false, as conf/tuning/optuna.yaml sets); run the "
