@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import polars as pl
 import pytest
@@ -39,10 +40,11 @@ def sweep_jobs(argv: list[str]) -> tuple[list[list[str]], dict]:
 
 @pytest.fixture
 def hydra_job():
-    """Compose one job with its Hydra config, as a running job sees it."""
+    """Compose one job of a multirun with its Hydra config, as a running job sees it."""
     def make(overrides):
         with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-            cfg = compose("train", overrides=overrides, return_hydra_config=True)
+            cfg = compose("train", overrides=[*overrides, "hydra.mode=MULTIRUN"],
+                          return_hydra_config=True)
         HydraConfig.instance().set_config(cfg)
         return cfg
     yield make
@@ -62,7 +64,7 @@ def test_table3_is_every_baseline_on_sku_and_rib_with_and_without_attention(hydr
         rows.add((choices.model, cfg.features.name, choices.attention))
         assert cfg.model._target_.split(".")[2] == ("rib" if choices.model == "rib" else
                                                     choices.model.removesuffix("_avg"))
-        identity = run_identity()
+        identity = run_identity(Path("unused"))
         labels.append(job_label(overrides, params, argv))
         assert identity["name"] == labels[-1]
         if choices.model == "rib":
@@ -427,7 +429,7 @@ def test_data_splits_sweep_like_seeds_with_their_own_folder_and_run_names(hydra_
     for overrides in jobs:
         cfg = hydra_job(overrides)
         labels.append(job_label(overrides, params, argv))
-        assert run_identity()["name"] == labels[-1]
+        assert run_identity(Path("unused"))["name"] == labels[-1]
         assert cfg.data.seed == int(labels[-1].split("data.seed=")[1][0])
     assert len(jobs) == 8 and len(set(labels)) == 8
     assert labels[:2] == ["row=pop,data.seed=0,seed=0", "row=pop,data.seed=0,seed=1"]

@@ -417,7 +417,9 @@ def exclusive(path: Path):
     """Hold a lock beside `path`, so processes that start together build its file once.
 
     flock is dropped by the kernel when the holder exits, so a killed process leaves no
-    stale lock behind.
+    stale lock behind; the file itself is removed by its holder once done. A process waiting
+    on the removed file then holds a lock nobody else shares, but it reads the cache its
+    predecessor built before building anything, so it builds nothing twice.
     """
     lock = path.parent / f".{path.name}.lock"
     with writing(lock):
@@ -425,7 +427,10 @@ def exclusive(path: Path):
     with f:
         if fcntl is not None:
             fcntl.flock(f, fcntl.LOCK_EX)
-        yield
+        try:
+            yield
+        finally:
+            lock.unlink(missing_ok=True)  # still held: no one else can be building now
 
 
 def write_cache(path: Path, prepared: Prepared, key: str) -> None:

@@ -216,12 +216,12 @@ def per_example(runs: dict) -> tuple[dict, list[str]]:
         if not all(path.is_file() for path in paths):
             missing.append(f"{row_name(row)} on {ds}")
             continue
+        tables = []
         for job, path in zip(cell_jobs, paths, strict=True):
+            tables.append((job.data_seed, predictions.read(path)))  # readable: then its id
             check_same_run(job.metrics, path, predictions.run_of(path))
         try:
-            found[row, ds] = significance.seed_average(
-                [(j.data_seed, predictions.read(path)) for j, path in zip(cell_jobs, paths,
-                                                                          strict=True)])
+            found[row, ds] = significance.seed_average(tables)
         except ValueError as e:
             raise ConfigError(f"the runs of {row_name(row)} on {ds} (e.g. "
                               f"{cell_jobs[0].folder}) do not fit together: {e}.") from None

@@ -51,7 +51,7 @@ class CheckpointFiles(TorchCheckpointIO):
         atomic_write(Path(path), lambda tmp: Path(tmp).write_bytes(buffer.getbuffer()))
 
 
-def run_identity() -> dict:
+def run_identity(run_dir: Path) -> dict:
     """W&B group, run name and tags of the current Hydra job (empty outside Hydra)."""
     if not HydraConfig.initialized():
         return {}
@@ -61,7 +61,7 @@ def run_identity() -> dict:
     multirun = hc.mode == hydra.types.RunMode.MULTIRUN
     identity = {
         "name": (job_label(overrides, hc.sweeper.get("params")) if multirun
-                 else run_label(overrides, Path(hc.runtime.output_dir).name)),
+                 else run_label(overrides, run_dir.name)),
         # a baseline drops the groups it does not use (encoder, attention): no tag for those
         "tags": [f"{g}={choices[g]}" for g in TAGGED_GROUPS if choices.get(g)],
     }
@@ -116,7 +116,7 @@ def train(cfg: DictConfig) -> dict:
 
     logger = None
     if cfg.get("logger"):
-        identity = (wandb_identity(run_dir, run_identity(), resume_from is not None)
+        identity = (wandb_identity(run_dir, run_identity(run_dir), resume_from is not None)
                     if uses_wandb(cfg.logger) else {})
         logger = build(cfg.logger, **identity)
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
