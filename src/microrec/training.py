@@ -13,7 +13,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from microrec import predictions
-from microrec.config import build
+from microrec.config import build, check_args
 from microrec.errors import ConfigError
 from microrec.files import atomic_write
 from microrec.models.base import FitFromData
@@ -73,6 +73,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     `test: false` (a tuning trial) the chosen weights are validated only.
     """
     started = time.time()
+    check_args(cfg)  # the model's settings too, before the data loads (build checks each)
     run_dir = Path(cfg.run_dir)
     keep = cfg.get("predictions") or []
     keep = [keep] if isinstance(keep, str) else list(keep)
