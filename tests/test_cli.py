@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -62,6 +63,59 @@ def test_bad_input_is_one_sentence_and_a_nonzero_exit(tmp_path, override, messag
     assert message in done.stderr
     assert "Traceback" not in done.stderr + done.stdout
     assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+DEFAULT_RUN = ["src/train.py", *TINY]  # the W&B logger, as by default; no progress bar
+END = "=== end of run, exit status"
+
+
+@pytest.fixture(scope="module")
+def run_in_one_process(tmp_path_factory):
+    """The default tiny run, as `python src/train.py <args>` would run it, in an interpreter
+    that runs more entry-script runs alike, each followed by END and its exit status.
+
+    Returns {name: (exit status, stdout, stderr, the run's hydra.run.dir / sweep.dir)}.
+    """
+    tmp = tmp_path_factory.mktemp("cli")
+    runs = {"default": DEFAULT_RUN}
+    argvs = [[*args, f"hydra.run.dir={tmp / str(i)}", f"hydra.sweep.dir={tmp / str(i)}",
+              f"cache_dir={tmp / 'cache'}"] for i, args in enumerate(runs.values())]
+    driver = (
+        "import runpy, sys\n"
+        f"for argv in {argvs!r}:\n"
+        "    sys.argv, status = argv, 0\n"
+        "    try:\n"
+        "        runpy.run_path(argv[0], run_name='__main__')\n"
+        "    except SystemExit as e:\n"
+        "        status = e.code\n"
+        "    for stream in (sys.stdout, sys.stderr):\n"
+        f"        print('\\n{END}', status, file=stream, flush=True)\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "MICROREC_"))}
+    env["HOME"] = str(tmp)  # keep W&B's settings files out of the real home
+    done = subprocess.run([sys.executable, "-c", driver], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    # each run's output, then END and its exit status on a line of their own
+    outs, errs = (re.split(rf"^{END} (\S+)$", text, flags=re.M)
+                  for text in (done.stdout, done.stderr))
+    assert len(outs) == len(errs) == 2 * len(runs) + 1, done.stderr[-3000:]
+    return {name: (outs[2 * i + 1], outs[2 * i].strip(), errs[2 * i].strip(), tmp / str(i))
+            for i, name in enumerate(runs)}
+
+
+def test_a_default_run_prints_progress_its_data_checkpoint_and_metrics_only(run_in_one_process):
+    status, out, err, _ = run_in_one_process["default"]
+    assert status == "0", err[-3000:]
+    # the progress bar draws ━ and wraps its metrics onto indented lines
+    lines = [line for line in (out + "\n" + err).splitlines()
+             if line.strip() and "━" not in line and not line[0].isspace()]
+    for noise in ("wandb:", "Seed set to", "GPU available", "TPU available", "max_epochs",
+                  "Restoring states", "log_every_n_steps"):
+        assert not [line for line in lines if noise in line], noise
+    assert any(line.endswith('"test/unknown_targets": 0}') for line in lines)  # data summary
+    assert any("best checkpoint:" in line for line in lines)
+    assert any("test/recall@20" in line and "metrics.json" in line for line in lines)
+    assert len(lines) <= 10, "\n".join(lines)
 
 
 def test_ddp_on_two_cpu_processes_evaluates_like_one(tmp_path):
