@@ -313,5 +313,5 @@ def test_explain_command_writes_its_folder_and_a_user_error_is_one_line(sweep, t
 
     done = run(str(tmp_path / "nowhere"), "--logger", "none")
     assert done.returncode == 1
-    assert done.stderr.strip().splitlines()[-1] == f"error: {tmp_path / 'nowhere'} does not exist."
+    assert done.stderr.strip().splitlines() == [f"error: {tmp_path / 'nowhere'} does not exist."]
     assert "Traceback" not in done.stderr + done.stdout

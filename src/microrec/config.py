@@ -1,20 +1,35 @@
-"""Building objects from Hydra configs: settings checked against their class first, and a
-user error keeping its own one-sentence message."""
+"""Building objects from Hydra configs, and the entry scripts' one `error: ...` line for every
+mistake a user can make in a config: an unknown option or setting Hydra finds while composing,
+a value its class cannot take, and a user error the task itself raises."""
 
 from __future__ import annotations
 
+import atexit
+import functools
 import inspect
 import logging
+import os
+import shutil
 import sys
 import types
 import typing
+from pathlib import Path
 
 import hydra
-from hydra.errors import InstantiationException
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import (
+    ConfigCompositionException,
+    InstantiationException,
+    MissingConfigException,
+    OverrideParseException,
+)
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
 from microrec.errors import ConfigError, MicrorecError
 
+log = logging.getLogger("microrec")
 EXPECTED = {int: "an int", float: "a number", bool: "true or false"}
 
 
@@ -35,9 +50,98 @@ def run_or_exit(task, *args):
     try:
         return task(*args)
     except MicrorecError as e:
-        logging.getLogger("microrec").error("%s", e)
+        _log_to_files(str(e))
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
+
+
+def _log_to_files(message: str) -> None:
+    """Keep an error in a Hydra job's log file, which says why a kept run folder stopped,
+    but not on the console, which gets it once, as `error: ...`."""
+    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, message, None, None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+
+
+def hydra_main(config_name: str):
+    """`hydra.main` for an entry script whose configs are in conf/ (beside src/).
+
+    The task runs under `run_or_exit`, and a mistake Hydra finds while composing (an unknown
+    option or setting, a malformed override) is one `error: ...` line too, not Hydra's block;
+    HYDRA_FULL_ERROR=1 still shows the traceback.
+    A job that stops before writing anything but Hydra's files and its log leaves no folder.
+    """
+
+    def decorate(task):
+        @functools.wraps(task)  # Hydra finds conf/ relative to the task's own file
+        def job(cfg: DictConfig):
+            try:
+                return run_or_exit(task, cfg)
+            except BaseException:
+                hc = HydraConfig.get()
+                own = {f"{hc.job.name}.log"}
+                if hc.output_subdir:  # None when resume= continues a run in its own folder
+                    own |= {hc.output_subdir, *(f"{hc.output_subdir}/{name}.yaml"
+                                                for name in ("config", "hydra", "overrides"))}
+                _remove_if_only(Path(hc.runtime.output_dir), own)
+                raise
+
+        main = hydra.main(version_base="1.3", config_path="../conf", config_name=config_name)(job)
+
+        def entry():
+            asked = os.environ.get("HYDRA_FULL_ERROR")
+            os.environ["HYDRA_FULL_ERROR"] = "1"  # so that Hydra raises rather than prints
+            try:
+                return main()
+            except (ConfigCompositionException, OverrideParseException) as e:
+                if asked == "1":
+                    raise
+                print(f"error: {hydra_error(e)}", file=sys.stderr)
+                sys.exit(1)
+            finally:
+                if asked is None:
+                    del os.environ["HYDRA_FULL_ERROR"]
+                else:
+                    os.environ["HYDRA_FULL_ERROR"] = asked
+
+        return entry
+
+    return decorate
+
+
+class RemoveEmptySweep(Callback):
+    """Hydra callback (conf/train.yaml): a sweep folder in which no job is left when the
+    process ends (a swept value that does not compose, a first job that never started) is
+    deleted, so that it does not pass for the latest multirun."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        atexit.register(_remove_if_only, Path(config.hydra.sweep.dir), {"multirun.yaml"})
+
+
+def _remove_if_only(folder: Path, own: set[str]) -> None:
+    """Delete `folder` if every path in it (relative, as posix) is one of `own`: the files a
+    run that never started leaves, never anything it wrote itself."""
+    if folder.is_dir() and folder != Path.cwd() and \
+            {p.relative_to(folder).as_posix() for p in folder.rglob("*")} <= own:
+        shutil.rmtree(folder)
+
+
+def hydra_error(e: ConfigCompositionException | OverrideParseException) -> str:
+    """One sentence for a mistake Hydra found while composing a config."""
+    if isinstance(e, MissingConfigException) and e.options:
+        group, _, name = e.missing_cfg_file.rpartition("/")
+        return f"no {group} '{name}': choose one of {', '.join(e.options)}."
+    cause = e.__cause__
+    if isinstance(cause, (ConfigKeyError, ConfigAttributeError)) and \
+            isinstance(cause.parent_node, DictConfig):
+        # Hydra suggests `+key=value`, but no class takes a setting its config lacks
+        where = cause.full_key.rpartition(".")[0] or "the config"
+        names = ", ".join(str(k) for k in cause.parent_node if not str(k).startswith("_")
+                          and k != "hydra")
+        return f"no setting {cause.full_key}: {where} has {names}."
+    text = " ".join(str(e).split("\n\n")[0].split())  # its first paragraph, on one line
+    return f"{e.override}: {text}" if isinstance(e, OverrideParseException) else text
 
 
 def check_args(node: DictConfig) -> None:
