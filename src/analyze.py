@@ -8,16 +8,15 @@ Writes one PNG and the CSV behind it per figure, and summary.json, to the run fo
 
 from __future__ import annotations
 
-import hydra
 from omegaconf import DictConfig
 
 from microrec.analysis import analyze
-from microrec.config import run_or_exit
+from microrec.config import hydra_main
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="analyze")
+@hydra_main("analyze")
 def main(cfg: DictConfig) -> None:
-    run_or_exit(analyze, cfg)
+    analyze(cfg)
 
 
 if __name__ == "__main__":

@@ -25,8 +25,6 @@ from pathlib import Path
 from microrec.errors import MicrorecError
 from microrec.explain import READABLE, explain
 
-log = logging.getLogger("microrec.explain")
-
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -45,7 +43,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         summary = explain(args.paths, out, args.example, args.logger, args.project)
     except MicrorecError as e:
-        log.error("%s", e)
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(json.dumps({r["label"]: r["test"] for r in summary["runs"]}, indent=2,

@@ -5,16 +5,15 @@
 
 from __future__ import annotations
 
-import hydra
 from omegaconf import DictConfig
 
-from microrec.config import run_or_exit
+from microrec.config import hydra_main
 from microrec.summary import print_summary
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="stats")
+@hydra_main("stats")
 def main(cfg: DictConfig) -> None:
-    run_or_exit(print_summary, cfg)
+    print_summary(cfg)
 
 
 if __name__ == "__main__":

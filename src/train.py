@@ -8,17 +8,16 @@ from __future__ import annotations
 
 import sys
 
-import hydra
 from omegaconf import DictConfig
 
-from microrec.config import run_or_exit
+from microrec.config import hydra_main, run_or_exit
 from microrec.resume import expand_argv
 from microrec.training import train
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+@hydra_main("train")
 def main(cfg: DictConfig) -> float:
-    return run_or_exit(train, cfg)[cfg.monitor]
+    return train(cfg)[cfg.monitor]
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -51,17 +52,96 @@ def test_four_feature_multirun_leaves_four_runs_and_one_wandb_group(tmp_path):
     assert len(run_ids) == 4 and len(groups) == 1
 
 
-@pytest.mark.parametrize("override, message", [
-    ("features=bogus", "Could not find 'features/bogus'"),
-    ("data.source.n_items=3", "error: synthetic data needs n_sessions >= 1, n_items >= 7"),
-])
-def test_bad_input_is_one_sentence_and_a_nonzero_exit(tmp_path, override, message):
-    done = run_train(override, "logger=none", f"hydra.run.dir={tmp_path / 'run'}",
-                     f"cache_dir={tmp_path / 'cache'}", tmp_path=tmp_path)
-    assert done.returncode != 0
-    assert message in done.stderr
-    assert "Traceback" not in done.stderr + done.stdout
-    assert not (tmp_path / "run" / "metrics.json").exists()
+# Entry-script runs that must each end in exactly this one line on stderr, exit 1, and leave
+# no run folder: Hydra's composition errors, settings checked before any data loads, and user
+# errors raised by the task. run_in_one_process runs them all in one interpreter.
+MISTAKES = {
+    "unknown option": (["src/train.py", "features=bogus"],
+                       "error: no features 'bogus': choose one of full, sku, sku_act, sku_dwell."),
+    "unknown swept option": (
+        ["src/train.py", "-m", "data=synthetic,nonexistent"],
+        "error: no data 'nonexistent': choose one of events, jd_appliances, jd_computers, "
+        "jdata_demo, otto, synthetic."),
+    "unknown option, analyze": (["src/analyze.py", "logger=bogus"],
+                                "error: no logger 'bogus': choose one of csv, none, wandb."),
+    "unknown setting, stats": (
+        ["src/stats.py", "data.bogus=1"],
+        "error: no setting data.bogus: data has path, source, features, buckets, split, "
+        "eval_targets, max_len, min_macros, batch_size, eval_batch_size, num_workers, seed, "
+        "cache_dir."),
+    "not an int": (["src/train.py", "model.hidden_size=abc"],
+                   "error: model.hidden_size=abc: expected an int."),
+    "path for synthetic data": (
+        ["src/train.py", "data.path=/x"],
+        "error: data=synthetic reads no file, so data.path=/x means nothing: pick a data set "
+        "that reads one (data=events reads any event log; conf/data/ has the others)."),
+    "missing file": (["src/train.py", "data=jd_appliances", "data.path=/nonexistent"],
+                     "error: /nonexistent: no such file (point data.path at a JD session file)."),
+    "bad value": (["src/train.py", "data.source.n_items=3"],
+                  "error: synthetic data needs n_sessions >= 1, n_items >= 7 and "
+                  "n_categories >= 1 (got 10000, 3, 40)."),
+}
+DEFAULT_RUN = ["src/train.py", *TINY]  # the W&B logger, as by default; no progress bar
+END = "=== end of run, exit status"
+
+
+@pytest.fixture(scope="module")
+def run_in_one_process(tmp_path_factory):
+    """The default tiny run, then every MISTAKES run, each as `python <script> <args>` would
+    run it but all in one interpreter (Lightning loads once).
+
+    Returns {name: (exit status, stdout, stderr, the run's hydra.run.dir / sweep.dir)}.
+    """
+    tmp = tmp_path_factory.mktemp("cli")
+    runs = {"default": DEFAULT_RUN, **{name: args for name, (args, _) in MISTAKES.items()}}
+    argvs = [[*args, f"hydra.run.dir={tmp / str(i)}", f"hydra.sweep.dir={tmp / str(i)}",
+              f"cache_dir={tmp / 'cache'}"] for i, args in enumerate(runs.values())]
+    driver = (
+        "import runpy, sys\n"
+        f"for argv in {argvs!r}:\n"
+        "    sys.argv, status = argv, 0\n"
+        "    try:\n"
+        "        runpy.run_path(argv[0], run_name='__main__')\n"
+        "    except SystemExit as e:\n"
+        "        status = e.code\n"
+        "    for stream in (sys.stdout, sys.stderr):\n"
+        f"        print('\\n{END}', status, file=stream, flush=True)\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "MICROREC_"))}
+    env["HOME"] = str(tmp)  # keep W&B's settings files out of the real home
+    done = subprocess.run([sys.executable, "-c", driver], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    # each run's output, then END and its exit status on a line of their own
+    outs, errs = (re.split(rf"^{END} (\S+)$", text, flags=re.M)
+                  for text in (done.stdout, done.stderr))
+    assert len(outs) == len(errs) == 2 * len(runs) + 1, done.stderr[-3000:]
+    return {name: (outs[2 * i + 1], outs[2 * i].strip(), errs[2 * i].strip(), tmp / str(i))
+            for i, name in enumerate(runs)}
+
+
+@pytest.mark.parametrize("name", MISTAKES)
+def test_a_config_or_input_mistake_is_one_error_line_exit_1_and_no_run_folder(
+        run_in_one_process, name):
+    status, out, err, folder = run_in_one_process[name]
+    assert status == "1"
+    assert err.splitlines() == [MISTAKES[name][1]], err[-3000:]
+    assert out == ""  # not even a log line: the error is said once, and before any data loads
+    assert not folder.exists()
+
+
+def test_a_default_run_prints_progress_its_data_checkpoint_and_metrics_only(run_in_one_process):
+    status, out, err, _ = run_in_one_process["default"]
+    assert status == "0", err[-3000:]
+    # the progress bar draws ━ and wraps its metrics onto indented lines
+    lines = [line for line in (out + "\n" + err).splitlines()
+             if line.strip() and "━" not in line and not line[0].isspace()]
+    for noise in ("wandb:", "Seed set to", "GPU available", "TPU available", "max_epochs",
+                  "Restoring states", "log_every_n_steps"):
+        assert not [line for line in lines if noise in line], noise
+    assert any(line.endswith('"test/unknown_targets": 0}') for line in lines)  # data summary
+    assert any("best checkpoint:" in line for line in lines)
+    assert any("test/recall@20" in line and "metrics.json" in line for line in lines)
+    assert len(lines) <= 10, "\n".join(lines)
 
 
 def test_ddp_on_two_cpu_processes_evaluates_like_one(tmp_path):

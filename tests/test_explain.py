@@ -301,6 +301,8 @@ def test_explain_command_writes_its_folder_and_a_user_error_is_one_line(sweep, t
 
     done = run(str(sweep), "--out", str(tmp_path / "out"))
     assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.startswith("{")  # no blank lines left by progress bars
+    assert "wandb:" not in done.stderr
     printed = json.loads(done.stdout[:done.stdout.rindex("}") + 1])
     assert list(printed) == [f"{label} · {job}" for label, job in (
         ("SKU", "features=sku"), ("SKU+Micro-behaviors", "features=full"),
@@ -311,5 +313,5 @@ def test_explain_command_writes_its_folder_and_a_user_error_is_one_line(sweep, t
 
     done = run(str(tmp_path / "nowhere"), "--logger", "none")
     assert done.returncode == 1
-    assert done.stderr.strip().splitlines()[-1] == f"error: {tmp_path / 'nowhere'} does not exist."
+    assert done.stderr.strip().splitlines() == [f"error: {tmp_path / 'nowhere'} does not exist."]
     assert "Traceback" not in done.stderr + done.stdout

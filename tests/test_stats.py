@@ -11,6 +11,7 @@ from hydra import compose, initialize_config_dir
 from polars.testing import assert_frame_equal
 
 from microrec import schema as S
+from microrec.errors import ConfigError
 from microrec.protocol import BUCKET_EDGES
 from microrec.summary import print_summary, summarize
 
@@ -79,6 +80,11 @@ def test_stats_prints_the_tables_of_a_configured_data_set(tmp_path, capsys):
                for line in out.splitlines())
     assert "SearchList2Product" in out and "121+ s" in out
 
+
+def test_a_path_for_data_that_reads_no_file_is_refused_not_ignored(capsys):
+    with pytest.raises(ConfigError, match=r"^data=synthetic reads no file, so data.path=/x "):
+        print_summary(stats_cfg("data.path=/x"))
+    assert capsys.readouterr().out == ""  # refused before any table of synthetic data
 
 @pytest.mark.skipif(not (SHARED_DATA / "jd-micro-behaviors").is_dir(),
                     reason="../shared/data/jd-micro-behaviors is not here")

@@ -31,6 +31,20 @@ def test_importing_microrec_makes_wandb_offline_unless_wandb_mode_is_set(given, 
     assert done.stdout.strip() == expected
 
 
+@pytest.mark.parametrize("verbose, expected", [(None, "30 30 false"), ("1", "0 0 None")])
+def test_microrec_verbose_brings_back_what_wandb_and_lightning_say_for_information(
+        verbose, expected):
+    env = {k: v for k, v in os.environ.items() if k not in ("MICROREC_VERBOSE", "WANDB_SHOW_INFO")}
+    if verbose:
+        env["MICROREC_VERBOSE"] = verbose
+    done = subprocess.run([sys.executable, "-c", "import logging, os, microrec; print("
+                           "logging.getLogger('lightning_fabric.utilities.seed').level, "
+                           "logging.getLogger('pytorch_lightning.utilities.rank_zero').level, "
+                           "os.environ.get('WANDB_SHOW_INFO'))"], env=env, capture_output=True,
+                          text=True, timeout=60, check=True)
+    assert done.stdout.strip() == expected  # 30: WARNING ("Seed set to 0" is INFO), 0: unset
+
+
 def test_the_configured_wandb_logger_runs_offline_without_the_anonymous_warning(
         tmp_path, monkeypatch, capfd):
     monkeypatch.setenv("WANDB_MODE", "offline")
@@ -46,15 +60,15 @@ def test_the_configured_wandb_logger_runs_offline_without_the_anonymous_warning(
 
         wandb.finish()
     err = capfd.readouterr().err
-    assert "offline" in err  # wandb did start and speak on stderr
-    assert "anonymous" not in err
+    assert "anonymous" not in err  # a warning, so W&B would print it even when quiet
     assert len(list((tmp_path / "wandb").glob("offline-run-*"))) == 1
 
 
 def test_lightnings_litlogger_tip_is_dropped_and_its_other_notes_kept(caplog):
     import pytorch_lightning as L
 
-    with caplog.at_level(logging.INFO):
+    # at INFO, as with MICROREC_VERBOSE=1: the tip is dropped even then
+    with caplog.at_level(logging.INFO, logger="pytorch_lightning.utilities.rank_zero"):
         L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
     messages = [r.getMessage() for r in caplog.records]
     assert any("GPU available" in m for m in messages)

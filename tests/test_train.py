@@ -7,8 +7,9 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
-from conftest import TINY
+from conftest import ROOT, TINY, compose_cfg
 
+from microrec.config import check_args
 from microrec.data import MicroDataModule
 from microrec.errors import ConfigError, Diverged
 from microrec.metrics import target_rank
@@ -66,6 +67,27 @@ def test_features_the_data_cannot_supply_are_refused(tmp_path):
             dm.setup()
     MicroDataModule(FrameSource(events), features="sku", split=(1.0, 0.0, 0.0),
                     cache_dir=str(tmp_path)).setup()
+
+
+
+@pytest.mark.parametrize("override, message", [
+    ("+model.bogus=1", "model.bogus: microrec.models.rib.RIB takes no argument bogus; it takes "
+                       "n_items, "),
+    ("model.tied=maybe", "model.tied=maybe: expected true or false."),
+    ("trainer.max_epochs=1.5", "trainer.max_epochs=1.5: expected an int."),
+    ("data.source.p_follow=high", "data.source.p_follow=high: expected a number."),
+])
+def test_a_setting_its_class_cannot_take_stops_the_run_before_the_data_loads(
+        cfg_factory, tmp_path, override, message):
+    with pytest.raises(ConfigError) as refused:
+        train(cfg_factory(override))
+    assert str(refused.value).startswith(message)
+    assert not (tmp_path / "cache").exists()  # no data was read or processed
+
+
+def test_every_row_of_the_results_passes_the_settings_check(tmp_path):
+    for row in sorted(p.stem for p in (ROOT / "conf" / "row").glob("*.yaml")):
+        check_args(compose_cfg(tmp_path, [f"+row={row}", "data=jd_appliances"], tiny=False))
 
 
 SIGNAL = [

@@ -31,6 +31,7 @@ from microrec.protocol import (
     prepare,
 )
 from microrec.resume import ResumableLoader
+from microrec.sources import check_reads_file
 
 try:
     import fcntl
@@ -196,6 +197,7 @@ class MicroDataModule(L.LightningDataModule):
     ):
         super().__init__()
         S.channels(features)  # fail early on an unknown variant
+        check_reads_file(source, path)
         if max_len < 1 or batch_size < 1 or eval_batch_size < 1:
             raise ConfigError("max_len, batch_size and eval_batch_size must be positive.")
         self.source = source

@@ -10,6 +10,7 @@ from typing import NamedTuple
 
 import polars as pl
 import torch
+from rich.console import Console
 from rich.progress import track
 
 from microrec import schema as S
@@ -17,6 +18,10 @@ from microrec.data import Examples
 from microrec.metrics import target_rank
 from microrec.models.rib import RIB, repeat_candidates
 from microrec.protocol import Prepared
+
+# Progress goes to stderr and only to a terminal: stdout carries a script's result (explain's
+# JSON), and a transient bar still leaves a blank line behind where there is no terminal.
+PROGRESS = Console(stderr=True)
 
 # Columns of the result frames (and of the CSV files).
 RUN = "run"
@@ -148,7 +153,7 @@ def scan(model: RIB, data: Examples, run: str, batch_size: int = 512) -> Scan:
     ranks, can, repeats, gates = [], [], [], []
     frames = {"tokens": [], "repeat": [], "products": []}
     for idx in track(torch.arange(len(data)).split(batch_size), description=f"{run}: scoring",
-                     transient=True):
+                     transient=True, console=PROGRESS, disable=not PROGRESS.is_terminal):
         batch = data[idx]
         with torch.no_grad():
             ranks.append(target_rank(model.ranked(batch), batch["target"]))  # (B,)

@@ -1,10 +1,13 @@
-"""Event sources that are not files: an in-memory canonical frame (tests, notebooks)."""
+"""Event sources that are not files: an in-memory canonical frame (tests, notebooks), and the
+check that refuses a path for a source that reads none."""
 
 from __future__ import annotations
 
 import hashlib
 
 import polars as pl
+
+from microrec.errors import ConfigError
 
 
 class FrameSource:
@@ -26,3 +29,12 @@ class FrameSource:
 
     def load(self) -> pl.DataFrame:
         return self.events
+
+
+def check_reads_file(source, path) -> None:
+    """Refuse `data.path` for a data set whose source reads no file (synthetic data, a frame):
+    the path would be ignored and the run would use other data than the user meant."""
+    if path is not None and not hasattr(source, "path"):
+        raise ConfigError(f"data={source.name} reads no file, so data.path={path} means nothing: "
+                          "pick a data set that reads one (data=events reads any event log; "
+                          "conf/data/ has the others).")

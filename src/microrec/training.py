@@ -17,7 +17,7 @@ from pytorch_lightning.plugins.io import TorchCheckpointIO
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from microrec import predictions
-from microrec.config import build
+from microrec.config import build, check_args
 from microrec.errors import ConfigError, Stopped
 from microrec.files import atomic_write
 from microrec.models.base import FitFromData
@@ -101,6 +101,7 @@ def train(cfg: DictConfig) -> dict:
     SIGTERM keeps `last.ckpt` and raises `Stopped`, which names the `resume=` that continues.
     """
     started = time.time()
+    check_args(cfg)  # the model's settings too, before the data loads (build checks each)
     set_threads(cfg.threads, side_by_side())
     run_dir = Path(cfg.run_dir)
     keep = kept_predictions(cfg)
