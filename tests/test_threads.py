@@ -8,19 +8,20 @@ import pytest
 from conftest import ROOT
 
 from microrec.errors import ConfigError
-from microrec.threads import cgroup_quota, set_threads
+from microrec.threads import cgroup_quota, count_threads
 
 PROBE = """
 import os, sys, torch
 os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
-from microrec.threads import set_threads
-setting = sys.argv[1] if sys.argv[1] == "auto" else int(sys.argv[1])
-print(set_threads(setting), torch.get_num_threads(), torch.get_num_interop_threads())
+from microrec.threads import count_threads, set_threads
+threads, _ = count_threads(sys.argv[1] if sys.argv[1] == "auto" else int(sys.argv[1]))
+set_threads(threads, "test")
+print(threads, torch.get_num_threads(), torch.get_num_interop_threads())
 """
 
 
 def probe(setting: str, **env) -> list[int]:
-    """torch's thread counts after set_threads in a fresh process pinned to one core."""
+    """The chosen count and torch's thread counts in a fresh process pinned to one core."""
     clean = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
     clean["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), clean.get("PYTHONPATH", "")])
     done = subprocess.run([sys.executable, "-c", PROBE, setting], env={**clean, **env},
@@ -53,4 +54,4 @@ def test_cgroup_quotas_of_both_versions(tmp_path):
 def test_a_bad_setting_is_one_sentence(setting):
     with pytest.raises(ConfigError, match=f"^threads={setting}: give auto or a positive whole "
                                           "number.$"):
-        set_threads(setting)
+        count_threads(setting)

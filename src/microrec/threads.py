@@ -51,28 +51,32 @@ def usable_cores() -> tuple[int, str]:
     return cores, how
 
 
-def set_threads(setting: int | str, side_by_side: int = 1) -> int:
-    """Size torch's intra- and inter-op pools (and so OpenMP's and MKL's) and log it once.
+def count_threads(setting: int | str, side_by_side: int = 1) -> tuple[int, str]:
+    """(threads, how they were chosen) for `threads=<setting>`; a bad setting is one sentence.
 
     Args:
         setting: "auto" (the usable cores, shared among the jobs a launcher runs side by
             side) or a positive number of threads.
         side_by_side: jobs the launcher runs at once in this machine.
     """
-    import torch
-
     if setting == "auto":
         cores, how = usable_cores()
         threads = max(1, cores // max(1, side_by_side))
         how = f"auto: {how}" + (f", {side_by_side} jobs side by side" if side_by_side > 1 else "")
-    elif isinstance(setting, int) and not isinstance(setting, bool) and setting >= 1:
-        threads, how = setting, "as set"
-    else:
-        raise ConfigError(f"threads={setting}: give auto or a positive whole number.")
+        return threads, how
+    if isinstance(setting, int) and not isinstance(setting, bool) and setting >= 1:
+        return setting, "as set"
+    raise ConfigError(f"threads={setting}: give auto or a positive whole number.")
+
+
+def set_threads(threads: int, how: str) -> None:
+    """Size torch's intra- and inter-op pools (and so OpenMP's and MKL's), and log it once.
+    Call it before torch's first parallel work."""
+    import torch
+
     torch.set_num_threads(threads)
     try:
         torch.set_num_interop_threads(threads)
     except RuntimeError:  # only once per process, before any inter-op work (a sweep's 2nd job)
         pass
     log.info("threads: %d (%s)", threads, how)
-    return threads

@@ -31,7 +31,7 @@ from microrec.resume import (
     wandb_identity,
 )
 from microrec.runs import METRICS_FILE, RUN_ID, wandb_group
-from microrec.threads import set_threads
+from microrec.threads import count_threads, set_threads
 from microrec.tracking import uses_wandb
 from microrec.tuning import check_tuned  # and the sqlite_url resolver hparams_search uses
 
@@ -102,7 +102,7 @@ def train(cfg: DictConfig) -> dict:
     """
     started = time.time()
     check_args(cfg)  # the model's settings too, before the data loads (build checks each)
-    set_threads(cfg.threads, side_by_side())
+    threads = count_threads(cfg.threads, side_by_side())
     run_dir = Path(cfg.run_dir)
     keep = kept_predictions(cfg)
     if HydraConfig.initialized():  # a `*_tuned` row's config must exist
@@ -111,7 +111,8 @@ def train(cfg: DictConfig) -> dict:
     L.seed_everything(cfg.seed, workers=True)
 
     dm = build(cfg.data)
-    dm.setup()
+    dm.setup()  # NumPy and Polars only: torch's thread pools start with the model
+    set_threads(*threads)
     model = build(cfg.model, n_items=dm.n_items, n_activities=dm.n_activities,
                   n_dwell=dm.n_dwell)
 

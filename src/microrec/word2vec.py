@@ -36,5 +36,5 @@ def train_vectors(sentences: list[np.ndarray], n_ids: int, dim: int, window: int
     if known.size:
         table[known] = model.wv[known.tolist()]
     table[0] = 0.0
-    log.info("word2vec: %d of %d ids learned from %d sequences", known.size, n_ids, len(corpus))
+    log.debug("word2vec: %d of %d ids learned from %d sequences", known.size, n_ids, len(corpus))
     return table

@@ -50,7 +50,7 @@ class MicroEmbedding(nn.Module):
             vectors = dm.word2vec(channel, table.embedding_dim, window, epochs)
             with torch.no_grad():
                 table.weight.copy_(torch.from_numpy(vectors))
-        log.info("embeddings initialised from word2vec")
+        log.info("embeddings initialised from word2vec (%s)", ", ".join(self.tables()))
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """(B, T, E) the embedded micro-behaviors, dropout applied; padding embeds as zero."""
