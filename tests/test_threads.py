@@ -55,3 +55,11 @@ def test_a_bad_setting_is_one_sentence(setting):
     with pytest.raises(ConfigError, match=f"^threads={setting}: give auto or a positive whole "
                                           "number.$"):
         count_threads(setting)
+
+
+def test_jobs_side_by_side_share_the_cores(monkeypatch):
+    monkeypatch.setattr("microrec.threads.usable_cores", lambda: (8, "CPU affinity 8"))
+    assert count_threads("auto", side_by_side=3) == (2, "auto: CPU affinity 8, 3 jobs side "
+                                                        "by side")
+    assert count_threads("auto", side_by_side=16)[0] == 1  # never none
+    assert count_threads(5, side_by_side=3) == (5, "as set")  # a number is the user's choice
