@@ -63,7 +63,7 @@ def run_or_exit(task, *args):
     except Diverged as e:
         if not in_optuna_study():
             _exit(e)
-        logging.getLogger("microrec").error("trial failed: %s", e)
+        log.error("trial failed: %s", e)
         raise
     except MicrorecError as e:
         _exit(e)
