@@ -172,6 +172,8 @@ def test_a_study_keeps_its_best_trial_as_a_config_that_a_tuned_row_loads(study, 
     assert text.startswith("# @package _global_\n# The best of 3 Optuna trials of narm on "
                            "synthetic: val/mrr@20 ")
     assert "(trial 1); failed (diverged): trial 0, 2.\n" in text
+    # paths relative to where the sweep ran: a kept config names no machine's folders
+    assert "\n# Study narm_synthetic in sqlite:///outputs/optuna/narm_synthetic.db.\n" in text
     sweep_line = next(line for line in text.splitlines() if line.startswith("# Sweep: "))
     assert sweep_line.startswith("# Sweep: python src/train.py -m hparams_search=narm ")
     assert "trainer.max_epochs=1" in sweep_line and "hydra.sweeper.n_trials=3" in sweep_line
@@ -179,6 +181,7 @@ def test_a_study_keeps_its_best_trial_as_a_config_that_a_tuned_row_loads(study, 
     assert tuned.tuned.objective == best_metrics["val/mrr@20"]
     assert (tuned.tuned.study, tuned.tuned.trials, tuned.tuned.model, tuned.tuned.failed) == \
         ("narm_synthetic", 3, "narm", [0, 2])
+    assert tuned.tuned.run == str(job_folders(study / "sweep")[1].relative_to(study))
     searched = {k: v for k, v in best_overrides.items() if k.startswith("model.")}
     assert len(searched) == 6
     assert {k: str(OmegaConf.select(tuned, k)) for k in searched} == searched

@@ -56,6 +56,15 @@ def _storage(hydra: DictConfig) -> tuple[str, Path | None]:
     return SQLITE + str(path), path
 
 
+def _relative(path: Path, cwd: str) -> str:
+    """`path` relative to the folder the sweep ran from where it lies inside it, so that a
+    kept config names no machine's absolute paths."""
+    try:
+        return str(Path(path).resolve().relative_to(Path(cwd).resolve()))
+    except ValueError:
+        return str(path)
+
+
 def _git_commit() -> str:
     """The project's commit, marked when the working tree has changes; 'unknown' without git."""
     try:
@@ -130,7 +139,8 @@ def keep_best(sweep: Path, conf: Path = CONF, command: str = "") -> Path:
     monitor = str(OmegaConf.load(job / CONFIG).monitor)
     tuned = OmegaConf.create({"tuned": {
         "model": model, "study": name, "trials": len(trials), "monitor": monitor,
-        "objective": best.value, "trial": best.number, "failed": failed, "run": str(job)}})
+        "objective": best.value, "trial": best.number, "failed": failed,
+        "run": _relative(job, hydra.runtime.cwd)}})
     for key, value in best.params.items():
         OmegaConf.update(tuned, key, value, force_add=True)
 
@@ -142,7 +152,8 @@ def keep_best(sweep: Path, conf: Path = CONF, command: str = "") -> Path:
         f"# The best of {len(trials)} Optuna trial{'s' * (len(trials) != 1)} of {model} on "
         f"{data}: {monitor} {best.value:.4f} (trial {best.number})"
         + (f"; failed (diverged): trial {', '.join(map(str, failed))}." if failed else "."),
-        f"# Study {name} in {storage}.",
+        f"# Study {name} in "
+        f"{storage if path is None else SQLITE + _relative(path, hydra.runtime.cwd)}.",
         f"# Sweep: python src/train.py -m {' '.join(fixed)}",
         f"# Written {datetime.now().isoformat(timespec='seconds')} by {command or 'keep_best'}"
         f" at commit {_git_commit()}.",
