@@ -32,7 +32,7 @@ def test_four_feature_multirun_leaves_four_runs_and_one_wandb_group(tmp_path):
     jobs = sorted((p for p in sweep.iterdir() if p.is_dir() and job_id(p)[0] is not None),
                   key=job_order)
     assert [j.name for j in jobs] == [f"{i}_features={f}" for i, f in enumerate(FEATURES)]
-    for noise in ("litlogger", "anonymous setting", "LeafSpec"):  # not for users (issue 9)
+    for noise in ("litlogger", "anonymous setting", "LeafSpec"):  # notices not meant for users
         assert noise not in done.stderr + done.stdout, noise
     run_ids, groups = set(), set()
     for job in jobs:

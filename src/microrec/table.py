@@ -34,7 +34,7 @@ from microrec.runs import (
 from microrec.schema import FEATURE_LABELS
 
 METRICS = {"test/recall@20": "Recall@20", "test/mrr@20": "MRR@20"}
-# The paper's baselines, then the session-based peers fitted from data (issue 11)
+# The paper's baselines, then the session-based peers fitted from data
 BASELINES = {"pop": "POP", "bpr_mf": "BPR-MF", "item_knn": "Item-KNN", "word2vec": "Word2vec",
              "word2vec_avg": "Word2vec Avg", "repeat": "Repeat", "sknn": "S-KNN",
              "vsknn": "V-SKNN", "stan": "STAN"}
@@ -42,7 +42,7 @@ BASELINES = {"pop": "POP", "bpr_mf": "BPR-MF", "item_knn": "Item-KNN", "word2vec
 NEURAL_PEERS = {"narm": "NARM", "sasrec": "SASRec", "repeatnet": "RepeatNet", "gru4rec": "GRU4Rec"}
 # a `*_tuned` row (conf/row/): the model with its Optuna study's best hyperparameters
 TUNED = " (tuned)"
-# RIB's output-layer options (issue 12), each an ablation row of its own
+# RIB's output-layer options, each an ablation row of its own
 RIB_HEADS = ["RIB (tied)", "RIB (repeat-explore)", "RIB (repeat-explore, tied)",
              "RIB (repeat-explore, tied, neighbours)"]
 MODEL_ORDER = [*BASELINES.values(), *NEURAL_PEERS.values(),
