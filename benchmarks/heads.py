@@ -27,9 +27,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from microrec.data.protocol import SplitArrays  # noqa: E402
+from microrec.data.schema import NUM_SPECIAL  # noqa: E402
 from microrec.models.rib import RIB  # noqa: E402
-from microrec.protocol import SplitArrays  # noqa: E402
-from microrec.schema import NUM_SPECIAL  # noqa: E402
 
 CONFIGS = {  # name: RIB arguments
     "softmax": dict(head="softmax"),

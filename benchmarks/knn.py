@@ -20,14 +20,14 @@ from pathlib import Path
 
 import torch
 
-from microrec.data import MicroDataModule
-from microrec.loaders import JDSessions
+from microrec.data.loaders import JDSessions
+from microrec.data.module import MicroDataModule
+from microrec.data.synthetic import SyntheticSource
 from microrec.metrics import RankingMetrics
 from microrec.models.repeat import Repeat
 from microrec.models.sknn import SessionKNN
 from microrec.models.stan import STAN
 from microrec.models.vsknn import VSKNN
-from microrec.synthetic import SyntheticSource
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = {"repeat": Repeat, "sknn": SessionKNN, "vsknn": VSKNN, "stan": STAN}

@@ -104,9 +104,9 @@ def main() -> None:
 
     import torch
 
-    from microrec.data import MicroDataModule
-    from microrec.loaders import JDSessions
-    from microrec.synthetic import SyntheticSource
+    from microrec.data.loaders import JDSessions
+    from microrec.data.module import MicroDataModule
+    from microrec.data.synthetic import SyntheticSource
 
     torch.set_num_threads(args.threads)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="microrec-peers-"))

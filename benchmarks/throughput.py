@@ -59,9 +59,9 @@ def preprocess(path: Path, kind: str, cache_dir: Path) -> None:
     """Read `path` (parquet: a canonical table; jd: a JD session file) and build the cache."""
     import polars as pl
 
-    from microrec.data import MicroDataModule
-    from microrec.loaders import JDSessions
-    from microrec.sources import FrameSource
+    from microrec.data.loaders import JDSessions
+    from microrec.data.module import MicroDataModule
+    from microrec.data.sources import FrameSource
 
     started = time.perf_counter()
     source = (FrameSource(pl.read_parquet(path), "paper") if kind == "parquet"
@@ -234,9 +234,9 @@ def write_inputs(args, workdir: Path) -> tuple[Path, Path]:
     """The synthetic events at this scale as a Parquet file and as a JD session file (kept)."""
     import polars as pl
 
+    from microrec.data.loaders import write_jd_sessions
+    from microrec.data.synthetic import SyntheticSource
     from microrec.files import atomic_write
-    from microrec.loaders import write_jd_sessions
-    from microrec.synthetic import SyntheticSource
 
     source = SyntheticSource(**source_params(args))
     parquet = workdir / f"events-{source.fingerprint()}.parquet"
@@ -311,8 +311,8 @@ def main() -> None:
     if not args.preprocess_only:
         import polars as pl
 
-        from microrec.data import MicroDataModule
-        from microrec.sources import FrameSource
+        from microrec.data.module import MicroDataModule
+        from microrec.data.sources import FrameSource
 
         dm = MicroDataModule(FrameSource(pl.read_parquet(parquet), "paper"),
                              cache_dir=str(cache_dir))

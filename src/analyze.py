@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
-from microrec.analysis import analyze
 from microrec.config import hydra_main
+from microrec.reports.analyze import analyze
 
 
 @hydra_main("analyze")

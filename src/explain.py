@@ -22,8 +22,8 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-from microrec.errors import MicrorecError
-from microrec.explain import READABLE, explain
+from microrec.config import run_or_exit
+from microrec.reports.explain import READABLE, explain
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,16 +35,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None,
                         help="output folder (default outputs/explain/<date>/<time>)")
     parser.add_argument("--logger", choices=("wandb", "none"), default="wandb")
-    parser.add_argument("--project", default="microrec", help="W&B project")
+    parser.add_argument("--project", default=None, help="W&B project (default microrec)")
     args = parser.parse_args(argv)
     out = args.out or Path("outputs/explain") / datetime.now().strftime("%Y-%m-%d/%H-%M-%S-%f")
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - "
                         "%(message)s")
-    try:
-        summary = explain(args.paths, out, args.example, args.logger, args.project)
-    except MicrorecError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    summary = run_or_exit(explain, args.paths, out, args.example, args.logger, args.project)
     print(json.dumps({r["label"]: r["test"] for r in summary["runs"]}, indent=2,
                      ensure_ascii=False))
     print(f"written to {out}")

@@ -16,7 +16,7 @@ import logging
 from pathlib import Path
 
 from microrec.config import run_or_exit
-from microrec.recommend import recommend
+from microrec.runs.recommend import recommend
 
 
 def main(argv: list[str] | None = None) -> None:

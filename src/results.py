@@ -1,7 +1,7 @@
 """Collect multirun jobs into the paper's Table 3: Markdown and CSV, optionally a W&B Table.
 
     python src/results.py                                # the latest under outputs/multirun
-    python src/results.py outputs/multirun/A outputs/multirun/B --wandb
+    python src/results.py outputs/multirun/A outputs/multirun/B --logger wandb
     python src/results.py --breakdown --against full/RIB
 
 A job is a folder with `.hydra/`; its Hydra choices (data, model, features, attention,
@@ -22,17 +22,18 @@ import argparse
 import sys
 from pathlib import Path
 
-from microrec.errors import MicrorecError
-from microrec.runs import latest_multirun
-from microrec.significance import RESAMPLES
-from microrec.table import table3
+from microrec.config import run_or_exit
+from microrec.reports.results import table3
+from microrec.reports.significance import RESAMPLES
+from microrec.runs.folders import latest_multirun
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("folders", nargs="*", type=Path,
                         help="multirun folders (default: the latest under outputs/multirun)")
-    parser.add_argument("--wandb", action="store_true", help="also log a W&B Table")
+    parser.add_argument("--logger", choices=("wandb", "none"), default="none",
+                        help="wandb: also log the table as a W&B Table (default none)")
     parser.add_argument("--against", metavar="ROW",
                         help="compare every row with this one rather than the best baseline: "
                              "a model (RIB) or data type/model (full/RIB)")
@@ -41,13 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resamples", type=int, default=RESAMPLES,
                         help=f"bootstrap replicates per paired test (default {RESAMPLES})")
     args = parser.parse_args(argv)
-    try:
-        folders = args.folders or [latest_multirun()]
-        print(table3(folders, args.wandb, args.against, args.breakdown, args.resamples),
-              end="")
-    except MicrorecError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    folders = args.folders or [run_or_exit(latest_multirun)]
+    print(run_or_exit(table3, folders, args.logger == "wandb", args.against, args.breakdown,
+                      args.resamples), end="")
     print(f"written: {folders[0] / 'table3.md'}, {folders[0] / 'table3.csv'}", file=sys.stderr)
     return 0
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 from microrec.config import hydra_main
-from microrec.summary import print_summary
+from microrec.reports.stats import print_summary
 
 
 @hydra_main("stats")

@@ -11,15 +11,18 @@ import sys
 from omegaconf import DictConfig
 
 from microrec.config import hydra_main, run_or_exit
-from microrec.resume import expand_argv
-from microrec.training import train
+from microrec.runs.argv import expand_argv
+from microrec.runs.naming import register_resolvers
 
 
 @hydra_main("train")
 def main(cfg: DictConfig) -> float:
+    from microrec.runs.train import train  # torch and Lightning load only for a valid config
+
     return train(cfg)[cfg.monitor]
 
 
 if __name__ == "__main__":
     sys.argv = run_or_exit(expand_argv, sys.argv)  # resume=<folder>: that run's own overrides
+    register_resolvers()
     main()

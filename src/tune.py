@@ -14,22 +14,19 @@ import argparse
 import sys
 from pathlib import Path
 
-from microrec.errors import MicrorecError
-from microrec.tuning import CONF, keep_best
+from microrec.config import run_or_exit
+from microrec.runs.tune import keep_best
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("sweep", type=Path, help="the multirun folder of a hparams_search sweep")
-    parser.add_argument("--conf", type=Path, default=CONF,
-                        help=f"the config folder to write tuned/ into (default {CONF})")
+    parser.add_argument("--conf", type=Path, default=None,
+                        help="the config folder to write tuned/ into (default: the one the "
+                             "sweep composed from)")
     args = parser.parse_args(argv)
-    try:
-        out = keep_best(args.sweep, args.conf, "python src/tune.py " + " ".join(argv))
-    except MicrorecError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    out = run_or_exit(keep_best, args.sweep, args.conf, "python src/tune.py " + " ".join(argv))
     print(f"written: {out}")
     return 0
 

@@ -7,6 +7,10 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
+from microrec.runs.naming import register_resolvers
+
+register_resolvers()  # as the entry scripts do: conf/ uses job_label and sqlite_url
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
@@ -44,8 +48,8 @@ def cfg_factory(tmp_path):
 @pytest.fixture(scope="module")
 def dm(tmp_path_factory):
     """A small synthetic data module (400 sessions, 50 products) for model-level tests."""
-    from microrec.data import MicroDataModule
-    from microrec.synthetic import SyntheticSource
+    from microrec.data.module import MicroDataModule
+    from microrec.data.synthetic import SyntheticSource
 
     data = MicroDataModule(SyntheticSource(n_sessions=400, n_items=50, n_categories=5),
                            batch_size=32, eval_batch_size=64,

@@ -11,9 +11,9 @@ from conftest import ROOT, TINY
 from hydra import compose, initialize_config_dir
 from polars.testing import assert_frame_equal
 
-from microrec import schema as S
-from microrec.analysis import FIGURES, analyze, section3
+from microrec.data import schema as S
 from microrec.errors import ConfigError
+from microrec.reports.analyze import FIGURES, analyze, section3
 
 PNG = b"\x89PNG\r\n\x1a\n"
 SEARCH, HOME, CART_SRC = "SearchList2Product", "Home2Product", "Cart2Product"

@@ -14,7 +14,10 @@ import pytest
 import torch
 from conftest import TINY, compose_cfg
 
-from microrec.data import MicroDataModule
+from microrec.data.module import MicroDataModule
+from microrec.data.schema import NUM_SPECIAL, PAD, UNK
+from microrec.data.sources import FrameSource
+from microrec.data.synthetic import SyntheticSource
 from microrec.errors import ConfigError
 from microrec.metrics import RankingMetrics, target_rank
 from microrec.models.base import macro_visits
@@ -22,10 +25,7 @@ from microrec.models.bpr_mf import BPRMF
 from microrec.models.item_knn import ItemKNN
 from microrec.models.pop import Pop
 from microrec.models.word2vec import Word2Vec
-from microrec.schema import NUM_SPECIAL, PAD, UNK
-from microrec.sources import FrameSource
-from microrec.synthetic import SyntheticSource
-from microrec.training import train
+from microrec.runs.train import train
 
 NEG = float("-inf")
 

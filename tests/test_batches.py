@@ -2,7 +2,7 @@
 
 import torch
 
-from microrec.data import EvalBatches, LengthBucketBatches
+from microrec.data.batches import EvalBatches, LengthBucketBatches
 
 
 def test_eval_shards_partition_the_examples():

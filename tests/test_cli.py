@@ -9,8 +9,8 @@ import sys
 import pytest
 from conftest import ROOT, TINY
 
-from microrec import predictions
-from microrec.runs import job_id, job_order
+from microrec.runs import predictions
+from microrec.runs.folders import job_id, job_order
 
 pytestmark = pytest.mark.slow
 FEATURES = ("sku", "sku_act", "sku_dwell", "full")
@@ -66,17 +66,18 @@ MISTAKES = {
                                 "error: no logger 'bogus': choose one of csv, none, wandb."),
     "unknown setting, stats": (
         ["src/stats.py", "data.bogus=1"],
-        "error: no setting data.bogus: data has path, source, features, buckets, split, "
+        "error: no setting data.bogus: data has source, features, buckets, split, "
         "eval_targets, max_len, min_macros, batch_size, eval_batch_size, num_workers, seed, "
         "cache_dir."),
     "not an int": (["src/train.py", "model.hidden_size=abc"],
                    "error: model.hidden_size=abc: expected an int."),
     "path for synthetic data": (
-        ["src/train.py", "data.path=/x"],
-        "error: data=synthetic reads no file, so data.path=/x means nothing: pick a data set "
-        "that reads one (data=events reads any event log; conf/data/ has the others)."),
-    "missing file": (["src/train.py", "data=jd_appliances", "data.path=/nonexistent"],
-                     "error: /nonexistent: no such file (point data.path at a JD session file)."),
+        ["src/train.py", "data.source.path=/x"],
+        "error: no setting data.source.path: data.source has n_sessions, n_items, n_categories, "
+        "mean_macros, zipf, p_interest, p_follow, p_return, module_views, seed."),
+    "missing file": (["src/train.py", "data=jd_appliances", "data.source.path=/nonexistent"],
+                     "error: /nonexistent: no such file (point data.source.path at a JD session "
+                     "file)."),
     "bad value": (["src/train.py", "data.source.n_items=3"],
                   "error: synthetic data needs n_sessions >= 1, n_items >= 7 and "
                   "n_categories >= 1 (got 10000, 3, 40)."),

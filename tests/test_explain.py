@@ -13,12 +13,12 @@ import torch
 from conftest import ROOT, compose_cfg
 from omegaconf import OmegaConf
 
-from microrec import interpret as I
+from microrec.data.schema import NUM_SPECIAL, PAD
 from microrec.errors import ConfigError
-from microrec.explain import READABLE, explain, load_runs, pick_example
-from microrec.runs import find_checkpoints
-from microrec.schema import NUM_SPECIAL, PAD
-from microrec.training import train
+from microrec.reports import interpret as I
+from microrec.reports.explain import READABLE, explain, load_runs, pick_example
+from microrec.runs.folders import find_checkpoints
+from microrec.runs.train import train
 
 PNG = b"\x89PNG\r\n\x1a\n"
 REPEAT_FIGURES = ("repeat_example", "repeat_by_activity", "repeat_by_dwell",

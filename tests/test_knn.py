@@ -14,18 +14,18 @@ from conftest import TINY, compose_cfg
 from omegaconf import OmegaConf
 from test_baselines import batch, scores_by_name
 
-from microrec.data import MicroDataModule
+from microrec.data.module import MicroDataModule
+from microrec.data.schema import NUM_SPECIAL, UNK
+from microrec.data.sources import FrameSource
+from microrec.data.synthetic import SyntheticSource
 from microrec.errors import ConfigError
 from microrec.metrics import KS, RankingMetrics, target_rank
 from microrec.models.repeat import Repeat
 from microrec.models.sknn import SessionKNN
 from microrec.models.stan import STAN
 from microrec.models.vsknn import VSKNN
-from microrec.schema import NUM_SPECIAL, UNK
-from microrec.sources import FrameSource
-from microrec.synthetic import SyntheticSource
-from microrec.table import MODEL_ORDER, row_of
-from microrec.training import train
+from microrec.reports.results import MODEL_ORDER, row_of
+from microrec.runs.train import train
 
 NEG = float("-inf")
 DAY = 24 * 3600

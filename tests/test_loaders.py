@@ -11,13 +11,13 @@ import pytest
 from conftest import ROOT, SHARED_DATA, compose_cfg
 from polars.testing import assert_frame_equal
 
-from microrec import loaders
-from microrec import schema as S
-from microrec.data import MicroDataModule
+from microrec.data import loaders
+from microrec.data import schema as S
+from microrec.data.loaders import EventLog, JDSessions, typed_ids, write_jd_sessions
+from microrec.data.module import MicroDataModule
+from microrec.data.protocol import SPLITS, SplitArrays
+from microrec.data.synthetic import SyntheticSource
 from microrec.errors import ConfigError, DataError
-from microrec.loaders import EventLog, JDSessions, typed_ids, write_jd_sessions
-from microrec.protocol import SPLITS, SplitArrays
-from microrec.synthetic import SyntheticSource
 
 T0 = 1_577_836_800  # 2020-01-01 00:00:00 UTC
 
@@ -83,7 +83,7 @@ def test_bad_jd_files_name_the_file_and_line(tmp_path, text, message):
 
 
 def test_a_missing_jd_file_is_one_sentence(tmp_path):
-    with pytest.raises(DataError, match=r"nope: no such file \(point data.path at"):
+    with pytest.raises(DataError, match=r"nope: no such file \(point data.source.path at"):
         JDSessions(str(tmp_path / "nope")).fingerprint()
     with pytest.raises(DataError, match="a folder, not a session file"):
         JDSessions(str(tmp_path)).load()
@@ -103,16 +103,18 @@ def test_jd_config_reads_data_path_and_the_cache_follows_content(tmp_path):
     path = write(tmp_path / "sample", "1+5+c+3+20 2+6+c+3+5 3+9+c+1+8\n"
                                       + "4+5+c+3+20 5+5+c+3+5\n" * 4)
     split = "data.split=[0.4,0.3,0.3]"  # five sessions: 0.8 / 0.1 / 0.1 leaves one empty
-    cfg = compose_cfg(tmp_path, ["data=jd_computers", f"data.path={path}", split], tiny=False)
+    cfg = compose_cfg(tmp_path, ["data=jd_computers", f"data.source.path={path}", split],
+                      tiny=False)
     dm = hydra.utils.instantiate(cfg.data)
-    assert (dm.path, dm.source.path, dm.source.name) == (str(path), path, "jd_computers")
+    assert (dm.source.path, dm.source.name) == (path, "jd_computers")
     dm.setup()
     stats = dm.prepared.stats
     assert (stats["sessions"], stats["events"]) == (5, 3 + 4 * 2)
     assert sum(stats[f"{part}/sessions"] for part in ("train", "val", "test")) == 5
     assert dm.prepared.has_activity and dm.prepared.has_dwell
     copy = shutil.copy(path, tmp_path / "copy")
-    moved = compose_cfg(tmp_path, ["data=jd_computers", f"data.path={copy}", split], tiny=False)
+    moved = compose_cfg(tmp_path, ["data=jd_computers", f"data.source.path={copy}", split],
+                        tiny=False)
     assert hydra.utils.instantiate(moved.data).cache_key() == dm.cache_key()
 
 
@@ -275,7 +277,7 @@ def test_bad_event_logs_are_one_sentence_naming_file_and_line(tmp_path, name, te
 
 
 def test_missing_paths_are_one_sentence(tmp_path):
-    with pytest.raises(DataError, match=r"nope: no such file or folder \(point data.path"):
+    with pytest.raises(DataError, match=r"nope: no such file or folder \(point data.source.path"):
         EventLog(str(tmp_path / "nope"), columns=COLUMNS).fingerprint()
     write(tmp_path / "readme.md", "no data here")
     with pytest.raises(DataError, match=r"the folder holds no \.csv, \.parquet"):
@@ -283,7 +285,7 @@ def test_missing_paths_are_one_sentence(tmp_path):
 
 
 @pytest.mark.parametrize("settings, message", [
-    ({"path": None}, r"no event log given: set data.path"),
+    ({"path": None}, r"no event log given: set data.source.path"),
     ({"columns": {**COLUMNS, "price": "p"}}, r"unknown column role\(s\) price"),
     ({"columns": {"session": "s"}}, r"needs an item column and a session or user column"),
     ({"columns": {"user": "u", "item": "i"}}, r"cutting users' events .* needs a ts column"),

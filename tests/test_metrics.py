@@ -2,9 +2,9 @@
 
 import torch
 
+from microrec.data.schema import NUM_SPECIAL, UNK
 from microrec.metrics import RankingMetrics, target_rank
 from microrec.models.base import example_results
-from microrec.schema import NUM_SPECIAL, UNK
 
 
 def brute_force(scores, target, k):

@@ -7,9 +7,9 @@ import pytest
 import pytorch_lightning as L
 import torch
 
+from microrec.data.schema import FEATURES, PAD
+from microrec.data.word2vec import train_vectors
 from microrec.models.rib import RIB
-from microrec.schema import FEATURES, PAD
-from microrec.word2vec import train_vectors
 
 SMALL = dict(item_dim=8, activity_dim=4, dwell_dim=4, hidden_size=12, attention_size=6,
              init="random")
@@ -64,7 +64,7 @@ def test_scores_do_not_depend_on_padding(dm, attention):
 def test_word2vec_init_puts_gensims_vectors_into_the_tables(dm):
     from gensim.models import Word2Vec
 
-    from microrec.word2vec import _stable_hash
+    from microrec.data.word2vec import _stable_hash
 
     train = dm.prepared.splits["train"]
     sentences = np.split(train.tokens[:, 0], train.session_end[:-1])

@@ -1,5 +1,5 @@
-from microrec.naming import job_label, run_label, swept_keys
-from microrec.schema import FEATURE_LABELS, FEATURES
+from microrec.data.schema import FEATURE_LABELS, FEATURES
+from microrec.runs.naming import job_label, run_label, swept_keys
 
 
 def test_only_swept_keys_name_a_job():

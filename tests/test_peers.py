@@ -11,16 +11,16 @@ import torch.nn.functional as F
 from conftest import compose_cfg
 from omegaconf import OmegaConf
 
-from microrec.data import MicroDataModule
+from microrec.data.module import MicroDataModule
+from microrec.data.schema import FEATURES, NUM_SPECIAL, PAD
+from microrec.data.synthetic import SyntheticSource
 from microrec.models.narm import NARM
 from microrec.models.pop import Pop
 from microrec.models.repeatnet import RepeatNet
 from microrec.models.rib import RIB
 from microrec.models.sasrec import SASRec
-from microrec.schema import FEATURES, NUM_SPECIAL, PAD
-from microrec.synthetic import SyntheticSource
-from microrec.table import row_of
-from microrec.training import train
+from microrec.reports.results import row_of
+from microrec.runs.train import train
 
 MODELS = {"narm": NARM, "sasrec": SASRec, "repeatnet": RepeatNet}
 SIDE = dict(activity_dim=4, dwell_dim=4)

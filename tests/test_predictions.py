@@ -8,12 +8,12 @@ import polars as pl
 import pytest
 import torch
 
-from microrec import predictions
+from microrec.data.schema import NUM_SPECIAL
 from microrec.errors import ConfigError
-from microrec.metrics import target_rank
+from microrec.metrics import K, target_rank
 from microrec.models.base import top_items
-from microrec.schema import NUM_SPECIAL
-from microrec.training import train
+from microrec.runs import predictions
+from microrec.runs.train import train
 
 
 def test_top_items_is_a_sort_by_score_then_id_with_ties_at_the_cut():
@@ -66,7 +66,7 @@ def test_a_run_writes_predictions_that_reproduce_its_metrics(cfg_factory, tmp_pa
         known = split.target >= NUM_SPECIAL
         assert table["rank"].is_null().to_list() == (~known).tolist()
         assert (table["rank"].to_numpy()[known] == rank[known]).all()
-        order = np.argsort(-scores.numpy(), axis=1, kind="stable")[:, :predictions.K]
+        order = np.argsort(-scores.numpy(), axis=1, kind="stable")[:, :K]
         assert table["top"].to_list() == [[items[i - NUM_SPECIAL] for i in row]
                                           for row in order]
         assert table["target"].to_list() == [items[t - NUM_SPECIAL] if t >= NUM_SPECIAL

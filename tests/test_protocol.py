@@ -4,9 +4,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from microrec import schema as S
-from microrec.errors import DataError
-from microrec.protocol import (
+from microrec.data import schema as S
+from microrec.data.protocol import (
     bucketize,
     fit_quantile_edges,
     macro_interactions,
@@ -14,7 +13,8 @@ from microrec.protocol import (
     prepare,
     split_sessions,
 )
-from microrec.synthetic import SyntheticSource
+from microrec.data.synthetic import SyntheticSource
+from microrec.errors import DataError
 
 
 def frame(rows, **extra):

@@ -15,16 +15,17 @@ import torch
 from conftest import ROOT, TINY, compose_cfg
 from omegaconf import OmegaConf
 
-from microrec import loaders, predictions
-from microrec import schema as S
+from microrec.data import loaders
+from microrec.data import schema as S
+from microrec.data.loaders import EventLog, JDSessions, write_jd_sessions
+from microrec.data.protocol import split_events
+from microrec.data.synthetic import SyntheticSource
 from microrec.errors import ConfigError, DataError, WriteError
-from microrec.loaders import EventLog, JDSessions, write_jd_sessions
 from microrec.models.base import top_items
-from microrec.protocol import split_events
-from microrec.recommend import RANK, SCORE, load_run, recommend, session_keys
-from microrec.runs import CONFIG
-from microrec.synthetic import SyntheticSource
-from microrec.training import train
+from microrec.runs import predictions
+from microrec.runs.folders import CONFIG
+from microrec.runs.recommend import RANK, SCORE, load_run, recommend, session_keys
+from microrec.runs.train import train
 
 TOP = 20
 RIB_TINY = [o for o in TINY if not o.startswith("data.source.")]  # the JD loader has no such keys
@@ -87,7 +88,7 @@ def jd(tmp_path_factory):
     root = tmp_path_factory.mktemp("jd")
     path = root / "train.jd"
     write_jd_sessions(SyntheticSource(n_sessions=600, n_items=60, n_categories=6).load(), path)
-    cfg = train_run(root / "run", [*RIB_TINY, "data=jd_appliances", f"data.path={path}",
+    cfg = train_run(root / "run", [*RIB_TINY, "data=jd_appliances", f"data.source.path={path}",
                                    f"cache_dir={root / 'cache'}", "model.init=random",
                                    "data.max_len=8", "+trainer.limit_train_batches=4"])
     cut = cut_before_last_product(held_out_sessions(cfg, JDSessions(str(path)).load()))
@@ -229,7 +230,8 @@ def test_a_baseline_on_an_event_log_names_sessions_as_the_file_does(tmp_path, mo
     named = pl.format("s{}", pl.col(S.SESSION).cast(pl.String).str.zfill(4))
     events.select(named.alias("sid"), pl.col(S.ITEM).alias("sku"), S.ACTIVITY, S.TS) \
         .write_parquet(log_file)
-    cfg = train_run(tmp_path / "run", [f"model={model}", "data=events", f"data.path={log_file}",
+    cfg = train_run(tmp_path / "run", [f"model={model}", "data=events",
+                                       f"data.source.path={log_file}",
                                        "data.source.columns.session=sid",
                                        "data.source.columns.item=sku",
                                        f"cache_dir={tmp_path / 'cache'}"])
@@ -258,7 +260,7 @@ def test_input_errors_advise_on_this_commands_arguments(tmp_path):
     log_file = tmp_path / "log.csv"
     SyntheticSource(n_sessions=200, n_items=30, n_categories=3).load() \
         .select(S.SESSION, S.ITEM, S.ACTIVITY, S.TS).write_csv(log_file)
-    cfg = train_run(tmp_path / "run", ["model=pop", "data=events", f"data.path={log_file}",
+    cfg = train_run(tmp_path / "run", ["model=pop", "data=events", f"data.source.path={log_file}",
                                        f"cache_dir={tmp_path / 'cache'}"])
     out = tmp_path / "recs.parquet"
     (tmp_path / "log.txt").write_text(log_file.read_text())

@@ -8,8 +8,8 @@ import pytorch_lightning as L
 import torch
 import torch.nn.functional as F
 
+from microrec.data.schema import FEATURES, NUM_SPECIAL, PAD
 from microrec.models.rib import RIB, repeat_candidates
-from microrec.schema import FEATURES, NUM_SPECIAL, PAD
 
 SMALL = dict(item_dim=8, activity_dim=4, dwell_dim=4, hidden_size=12, attention_size=6,
              init="random", head="repeat_explore")
@@ -274,7 +274,7 @@ def test_each_output_layer_row_builds_its_model_and_names_its_row(tmp_path):
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    from microrec.table import MODEL_ORDER, row_of
+    from microrec.reports.results import MODEL_ORDER, row_of
 
     sizes = dict(n_items=30, n_activities=12, n_dwell=8)
     expected = {  # row: (head, tied, neighbours, the table's name)

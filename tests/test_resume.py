@@ -15,17 +15,13 @@ from conftest import ROOT, TINY
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
+from microrec.data.batches import ResumableLoader
 from microrec.errors import ConfigError
-from microrec.resume import (
-    LAST,
-    WANDB_RUN,
-    ResumableLoader,
-    RngStates,
-    check_config,
-    expand_argv,
-    wandb_identity,
-)
-from microrec.runs import RUN_ID, checkpoint_run_id
+from microrec.runs.argv import expand_argv
+from microrec.runs.callbacks import RngStates
+from microrec.runs.folders import LAST, RUN_ID, checkpoint_run_id
+from microrec.runs.resume import check_config
+from microrec.runs.tracking import WANDB_RUN, wandb_identity
 
 
 def make_run(folder, overrides=("a=1", "b=x"), checkpoint=True, finished=False):

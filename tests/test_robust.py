@@ -22,15 +22,17 @@ import pytest
 import torch
 from conftest import ROOT
 
-import microrec.data
-from microrec import predictions
+import microrec.data.module
 from microrec.config import build
-from microrec.data import MicroDataModule, load_arrays
+from microrec.data.cache import load_arrays
+from microrec.data.module import MicroDataModule
+from microrec.data.protocol import SPLITS, SplitArrays
+from microrec.data.synthetic import SyntheticSource
 from microrec.errors import ConfigError, DataError, WriteError
 from microrec.files import atomic_write
-from microrec.protocol import SPLITS, SplitArrays
-from microrec.synthetic import SyntheticSource
-from microrec.training import CheckpointFiles, train
+from microrec.runs import predictions
+from microrec.runs.callbacks import CheckpointFiles
+from microrec.runs.train import train
 
 SOURCE = dict(n_sessions=300, n_items=40, n_categories=4)
 
@@ -137,7 +139,7 @@ def test_a_damaged_or_foreign_cache_is_named_rebuilt_and_never_unpickled(
     damage(path, marker)
 
     again = module(tmp_path)
-    with caplog.at_level(logging.INFO, logger="microrec.data"):
+    with caplog.at_level(logging.INFO, logger="microrec.data.module"):
         again.setup()
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and f"cache file {path} is unreadable" in warnings[0]
@@ -146,7 +148,7 @@ def test_a_damaged_or_foreign_cache_is_named_rebuilt_and_never_unpickled(
     assert_same(again.prepared, reference)
 
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="microrec.data"):
+    with caplog.at_level(logging.INFO, logger="microrec.data.module"):
         module(tmp_path).setup()  # the rebuilt file is whole again
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert any("loaded processed" in r.getMessage() for r in caplog.records)
@@ -160,7 +162,7 @@ def test_a_damaged_word2vec_cache_is_retrained(damage, tmp_path, caplog):
     (path,) = tmp_path.glob("w2v-*")
     marker = tmp_path / "code-ran"
     damage(path, marker)
-    with caplog.at_level(logging.WARNING, logger="microrec.data"):
+    with caplog.at_level(logging.WARNING, logger="microrec.data.module"):
         again = module(tmp_path).word2vec("item", dim=8, epochs=1)
     assert [f"cache file {path} is unreadable" in r.getMessage() for r in caplog.records] == [True]
     assert not marker.exists()
@@ -177,7 +179,7 @@ def test_prepare_data_builds_the_cache_and_setup_only_loads_it(reference, tmp_pa
     def refuse(*args, **kwargs):
         raise AssertionError("setup processed the data again")
 
-    monkeypatch.setattr(microrec.data, "prepare", refuse)
+    monkeypatch.setattr(microrec.data.module, "prepare", refuse)
     other_rank = module(tmp_path)
     other_rank.setup()
     assert_same(other_rank.prepared, reference)
@@ -188,13 +190,13 @@ def test_prepare_data_builds_the_cache_and_setup_only_loads_it(reference, tmp_pa
 def test_processes_starting_together_on_a_cold_cache_process_once(reference, tmp_path,
                                                                   monkeypatch):
     calls = []
-    real = microrec.data.prepare
+    real = microrec.data.module.prepare
 
     def counted(*args, **kwargs):
         calls.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(microrec.data, "prepare", counted)
+    monkeypatch.setattr(microrec.data.module, "prepare", counted)
     modules = [module(tmp_path) for _ in range(3)]
     threads = [threading.Thread(target=m.setup) for m in modules]
     for t in threads:
@@ -230,7 +232,7 @@ def test_a_stage_refuses_a_split_its_zero_fraction_left_empty(tmp_path, split, s
     dm.setup()  # a script without a trainer may use the training split alone
     with pytest.raises(ConfigError, match=r"^data\.split \[[0-9., ]+\] " + message):
         dm.setup(stage)
-    with caplog.at_level(logging.WARNING, logger="microrec.data"):
+    with caplog.at_level(logging.WARNING, logger="microrec.data.module"):
         module(tmp_path, split=split).setup("validate" if split[1] else None)
     assert not caplog.records  # a cache with an empty split is whole, not rebuilt
 
@@ -250,7 +252,7 @@ def test_three_sessions_end_in_one_error_line_not_a_traceback(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
     env["HOME"] = str(tmp_path)
     done = subprocess.run(
-        [sys.executable, "src/train.py", "data=jd_appliances", f"data.path={data}",
+        [sys.executable, "src/train.py", "data=jd_appliances", f"data.source.path={data}",
          "logger=none", f"hydra.run.dir={tmp_path / 'run'}", f"cache_dir={tmp_path / 'cache'}"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     output = done.stdout + done.stderr
@@ -290,7 +292,7 @@ def write_metrics(path):  # as training writes metrics.json
 
 
 def write_cache_file(path):
-    microrec.data.save_arrays(path, {"vectors": np.zeros((500, 8), dtype=np.float32)})
+    microrec.data.cache.save_arrays(path, {"vectors": np.zeros((500, 8), dtype=np.float32)})
 
 
 @pytest.mark.parametrize("write", [write_predictions, write_checkpoint, write_metrics,

@@ -15,13 +15,14 @@ from conftest import ROOT, TINY, compose_cfg
 from omegaconf import OmegaConf
 from test_table3 import make_job
 
-from microrec import predictions
 from microrec.errors import ConfigError
-from microrec.explain import load_runs
-from microrec.resume import LAST, check_checkpoint, expand_argv, resume_point
-from microrec.runs import RUN_ID, checkpoint_run_id, find_checkpoints
-from microrec.table import table3
-from microrec.training import train
+from microrec.reports.explain import load_runs
+from microrec.reports.results import table3
+from microrec.runs import predictions
+from microrec.runs.argv import expand_argv
+from microrec.runs.folders import LAST, RUN_ID, checkpoint_run_id, find_checkpoints
+from microrec.runs.resume import check_checkpoint, resume_point
+from microrec.runs.train import train
 
 
 @pytest.fixture(scope="module")

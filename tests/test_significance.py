@@ -6,7 +6,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from microrec.significance import compare, paired_bootstrap, seed_average
+from microrec.reports.significance import compare, paired_bootstrap, seed_average
 
 
 def sessions(sizes):

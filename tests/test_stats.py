@@ -8,12 +8,12 @@ import polars as pl
 import pytest
 from conftest import ROOT, SHARED_DATA
 from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
 from polars.testing import assert_frame_equal
 
-from microrec import schema as S
-from microrec.errors import ConfigError
-from microrec.protocol import BUCKET_EDGES
-from microrec.summary import print_summary, summarize
+from microrec.data import schema as S
+from microrec.data.protocol import BUCKET_EDGES
+from microrec.reports.stats import print_summary, summarize
 
 
 def hand_made():
@@ -71,7 +71,7 @@ def stats_cfg(*overrides):
 def test_stats_prints_the_tables_of_a_configured_data_set(tmp_path, capsys):
     path = tmp_path / "jd"
     path.write_text("1+5+c+3+20 1+6+c+3+20 2+9+c+1+8\n4+5+c+3+20 5+5+c+3+500\n")
-    summary = print_summary(stats_cfg("data=jd_appliances", f"data.path={path}",
+    summary = print_summary(stats_cfg("data=jd_appliances", f"data.source.path={path}",
                               "data.split=[0.5,0.5,0.0]"))
     out = capsys.readouterr().out
     assert summary.table.row(0) == ("all", 2, 4, 4, 5, 2)
@@ -82,8 +82,9 @@ def test_stats_prints_the_tables_of_a_configured_data_set(tmp_path, capsys):
 
 
 def test_a_path_for_data_that_reads_no_file_is_refused_not_ignored(capsys):
-    with pytest.raises(ConfigError, match=r"^data=synthetic reads no file, so data.path=/x "):
-        print_summary(stats_cfg("data.path=/x"))
+    # the synthetic source has no path setting: the config does not compose
+    with pytest.raises(ConfigCompositionException, match="data.source.path"):
+        print_summary(stats_cfg("data.source.path=/x"))
     assert capsys.readouterr().out == ""  # refused before any table of synthetic data
 
 @pytest.mark.skipif(not (SHARED_DATA / "jd-micro-behaviors").is_dir(),
@@ -106,7 +107,7 @@ def test_a_bad_file_is_one_sentence_and_a_nonzero_exit(tmp_path):
     path.write_text("1+5+c+3+20 2+5+c+3+20\n3+5+c+3+20 4+5+c+3\n")  # line 2 truncated
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
     done = subprocess.run(
-        [sys.executable, "src/stats.py", "data=jd_appliances", f"data.path={path}",
+        [sys.executable, "src/stats.py", "data=jd_appliances", f"data.source.path={path}",
          f"hydra.run.dir={tmp_path / 'run'}"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 1

@@ -17,13 +17,13 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
-from microrec import predictions
+from microrec.data.schema import FEATURES
 from microrec.errors import ConfigError, DataError
-from microrec.naming import job_label
-from microrec.runs import latest_multirun
-from microrec.schema import FEATURES
-from microrec.table import row_of, table3
-from microrec.training import run_identity
+from microrec.reports.results import row_of, table3
+from microrec.runs import predictions
+from microrec.runs.folders import latest_multirun
+from microrec.runs.naming import job_label
+from microrec.runs.tracking import run_identity
 
 BASELINES = ("pop", "bpr_mf", "item_knn", "word2vec", "word2vec_avg")
 

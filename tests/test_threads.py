@@ -8,12 +8,12 @@ import pytest
 from conftest import ROOT
 
 from microrec.errors import ConfigError
-from microrec.threads import cgroup_quota, count_threads
+from microrec.runs.threads import cgroup_quota, count_threads
 
 PROBE = """
 import os, sys, torch
 os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
-from microrec.threads import count_threads, set_threads
+from microrec.runs.threads import count_threads, set_threads
 threads, _ = count_threads(sys.argv[1] if sys.argv[1] == "auto" else int(sys.argv[1]))
 set_threads(threads, "test")
 print(threads, torch.get_num_threads(), torch.get_num_interop_threads())
@@ -58,7 +58,7 @@ def test_a_bad_setting_is_one_sentence(setting):
 
 
 def test_jobs_side_by_side_share_the_cores(monkeypatch):
-    monkeypatch.setattr("microrec.threads.usable_cores", lambda: (8, "CPU affinity 8"))
+    monkeypatch.setattr("microrec.runs.threads.usable_cores", lambda: (8, "CPU affinity 8"))
     assert count_threads("auto", side_by_side=3) == (2, "auto: CPU affinity 8, 3 jobs side "
                                                         "by side")
     assert count_threads("auto", side_by_side=16)[0] == 1  # never none

@@ -10,11 +10,11 @@ from conftest import compose_cfg
 from omegaconf import OmegaConf
 
 from microrec.config import build
-from microrec.tracking import uses_wandb
+from microrec.runs.tracking import uses_wandb
 
 
 def test_a_logger_is_wandb_by_its_class_not_its_name():
-    assert uses_wandb(OmegaConf.create({"_target_": "microrec.tracking.WandbLogger"}))
+    assert uses_wandb(OmegaConf.create({"_target_": "microrec.runs.tracking.wandb_logger"}))
     assert uses_wandb(OmegaConf.create({"_target_": "pytorch_lightning.loggers.WandbLogger"}))
     assert not uses_wandb(OmegaConf.create({"_target_": "pytorch_lightning.loggers.CSVLogger"}))
     assert not uses_wandb(None)

@@ -10,12 +10,12 @@ import torch
 from conftest import ROOT, TINY, compose_cfg
 
 from microrec.config import check_args
-from microrec.data import MicroDataModule
+from microrec.data.module import MicroDataModule
+from microrec.data.sources import FrameSource
 from microrec.errors import ConfigError, Diverged
 from microrec.metrics import target_rank
 from microrec.models.rib import RIB
-from microrec.sources import FrameSource
-from microrec.training import train
+from microrec.runs.train import train
 
 
 def test_a_run_leaves_metrics_and_checkpoint(cfg_factory, tmp_path):

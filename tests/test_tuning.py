@@ -17,10 +17,10 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 
 from microrec.errors import ConfigError
-from microrec.runs import HYDRA, job_folders
-from microrec.table import MODEL_ORDER, row_of
-from microrec.training import train
-from microrec.tuning import check_tuned, keep_best
+from microrec.reports.results import MODEL_ORDER, row_of
+from microrec.runs.folders import HYDRA, job_folders
+from microrec.runs.train import train
+from microrec.runs.tune import check_tuned, keep_best
 
 SEARCHES = sorted(p.stem for p in (ROOT / "conf" / "hparams_search").glob("*.yaml"))
 TINY_DATA = ["data.source.n_sessions=600", "data.source.n_items=60",
@@ -88,13 +88,13 @@ def test_a_missing_tuned_config_is_one_sentence_before_any_data_is_read(tmp_path
     # no study has been kept for OTTO (conf/tuned/ holds the JD samples' only)
     assert not (ROOT / "conf" / "tuned" / "narm" / "otto.yaml").exists()
     cfg = compose_job(["+row=narm_tuned", "data=otto", "logger=none",
-                       f"run_dir={tmp_path}", "data.path=/nowhere"])
+                       f"run_dir={tmp_path}", "data.source.path=/nowhere"])
     assert "study" not in cfg.tuned  # the optional tuned file was not found
     message = ("no tuned config for narm on otto (conf/tuned/narm/otto.yaml): "
                "run python src/train.py -m hparams_search=narm data=otto, then "
                "python src/tune.py <folder>.")
     with pytest.raises(ConfigError) as e:
-        train(cfg)  # data.path=/nowhere: reading the data would raise another error
+        train(cfg)  # data.source.path=/nowhere: reading the data would raise another error
     assert str(e.value) == message
     check_tuned(None, "otto")  # an untuned run passes
 
@@ -231,9 +231,11 @@ def test_a_trial_that_computed_test_metrics_is_refused(study, tmp_path):
 
 def test_tune_errors_are_one_line(tmp_path, capsys):
     tune = runpy.run_path(str(ROOT / "src" / "tune.py"))["main"]
-    assert tune([str(tmp_path / "nowhere")]) == 1
+    with pytest.raises(SystemExit, match="1"):
+        tune([str(tmp_path / "nowhere")])
     assert capsys.readouterr().err == f"error: no sweep folder at {tmp_path / 'nowhere'}.\n"
-    assert tune([str(tmp_path)]) == 1
+    with pytest.raises(SystemExit, match="1"):
+        tune([str(tmp_path)])
     assert capsys.readouterr().err == (
         f"error: {tmp_path} holds no optimization_results.yaml: pass the folder of a finished "
         "python src/train.py -m hparams_search=<model> sweep.\n")

@@ -1,13 +1,31 @@
-"""Recall@k and MRR@k by full ranking over the catalogue, ties counted against the model."""
+"""Recall@k and MRR@k by full ranking over the catalogue, ties counted against the model.
+
+The cut-offs and the metric definitions live here only: `target_rank` ranks, `hits_and_rr`
+turns ranks into hit@k and reciprocal rank@k (the one definition every table, report and
+breakdown calls), and `RankingMetrics` accumulates the same during training (tested against
+`hits_and_rr`).
+"""
 
 from __future__ import annotations
 
+import numpy as np
+import polars as pl
 import torch
 from torchmetrics import Metric
 
-from microrec.schema import NUM_SPECIAL
+from microrec.data.schema import NUM_SPECIAL
 
-KS = (5, 10, 20)
+K = 20  # the headline cut-off: Recall@20 and MRR@20, what tables report and runs select on
+KS = (5, 10, K)  # the cut-offs every evaluation logs
+RECALL, MRR = f"recall@{K}", f"mrr@{K}"  # the headline metrics' names (`<split>/` prefixed)
+
+
+def hits_and_rr(rank: pl.Series | np.ndarray, k: int = K) -> tuple[np.ndarray, np.ndarray]:
+    """(N,) hit@k and reciprocal rank@k of each example from its rank (1 = best); a null rank
+    (an unknown target, a non-finite score) is a miss."""
+    r = pl.Series(rank).cast(pl.Float64).fill_null(np.inf).to_numpy()  # (N,)
+    inside = r <= k
+    return inside.astype(np.float64), np.where(inside, 1.0 / r, 0.0)
 
 
 def target_rank(scores: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -6,12 +6,12 @@ import numpy as np
 import pytorch_lightning as L
 import torch
 
+from microrec.data.protocol import SplitArrays
+from microrec.data.schema import NUM_SPECIAL
 from microrec.errors import Diverged
-from microrec.metrics import RankingMetrics, target_rank
-from microrec.protocol import SplitArrays
-from microrec.schema import NUM_SPECIAL
+from microrec.metrics import K, RankingMetrics, target_rank
 
-TOP = 20  # products kept per example in the per-example results (predictions.parquet)
+TOP = K  # products kept per example in the per-example results (predictions.parquet)
 
 
 def mask_special_(scores: torch.Tensor) -> torch.Tensor:
@@ -170,7 +170,8 @@ class Recommender(L.LightningModule):
 class FitFromData(Recommender):
     """A model fitted from the training split in one call, outside Lightning's training loop.
 
-    `src/train.py` calls `fit(dm)` instead of `trainer.fit`, then validates and tests once.
+    `runs.train.fit_and_evaluate` calls `fit(dm)` instead of `trainer.fit`, then validates
+    and tests once.
     Everything `fit` learns lives in buffers or parameters whose shapes follow from the
     constructor's arguments, so a saved checkpoint reloads with `load_from_checkpoint`.
     """

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from microrec.data.schema import NUM_SPECIAL
 from microrec.models.base import (
     FitFromData,
     macro_visits,
@@ -16,7 +17,6 @@ from microrec.models.base import (
     stop_if_diverged,
     visits,
 )
-from microrec.schema import NUM_SPECIAL
 
 log = logging.getLogger(__name__)
 

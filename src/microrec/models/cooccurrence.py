@@ -8,9 +8,9 @@ import scipy.sparse as sp
 import torch
 from torch import nn
 
+from microrec.data.protocol import SplitArrays
+from microrec.data.schema import NUM_SPECIAL, PAD
 from microrec.models.base import last_items, macro_visits
-from microrec.protocol import SplitArrays
-from microrec.schema import NUM_SPECIAL, PAD
 
 
 def session_cooccurrence(train: SplitArrays, n_items: int):

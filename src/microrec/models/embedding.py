@@ -7,7 +7,7 @@ import logging
 import torch
 from torch import nn
 
-from microrec.schema import PAD, channels
+from microrec.data.schema import PAD, channels
 
 log = logging.getLogger(__name__)
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import torch
 
+from microrec.data.schema import PAD
 from microrec.errors import ConfigError
 from microrec.metrics import KS
 from microrec.models.base import FitFromData, last_items, mask_special_
 from microrec.models.cooccurrence import keep_top, session_cooccurrence
-from microrec.schema import PAD
 
 
 class ItemKNN(FitFromData):

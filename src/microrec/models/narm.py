@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from microrec.data.schema import PAD
 from microrec.models.embedding import MicroEmbedding
 from microrec.models.neural import NeuralRecommender, last_state
-from microrec.schema import PAD
 
 
 class NARMAttention(nn.Module):

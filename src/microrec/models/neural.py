@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from microrec.data.schema import NUM_SPECIAL
 from microrec.errors import ConfigError
 from microrec.models.base import Recommender, mask_special_, stop_if_diverged
-from microrec.schema import NUM_SPECIAL
 
 INITS = ("word2vec", "random")
 LOSSES = ("full", "sampled")
@@ -56,7 +56,8 @@ def last_state(h: torch.Tensor, length: torch.Tensor) -> torch.Tensor:
 
 
 class NeuralRecommender(Recommender):
-    """A recommender trained by Lightning on the full softmax over the catalogue.
+    """A recommender trained by Lightning: the full softmax over the catalogue, or its sampled
+    estimate (`loss=sampled`).
 
     A subclass builds `self.embed` (a `MicroEmbedding`), calls `save_hyperparameters()` with
     `init`, `w2v_window`, `w2v_epochs`, `lr`, `weight_decay` among its arguments, and

@@ -26,7 +26,7 @@ class Repeat(FitFromData):
         self.save_hyperparameters()
 
     def fit(self, dm) -> None:
-        pass
+        pass  # nothing to learn: the input alone decides the scores
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         item = batch["item"]  # (B, T)

@@ -6,9 +6,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from microrec.data.schema import NUM_SPECIAL, PAD
 from microrec.models.embedding import MicroEmbedding
 from microrec.models.neural import NeuralRecommender, last_state
-from microrec.schema import NUM_SPECIAL, PAD
 
 
 class AdditiveAttention(nn.Module):

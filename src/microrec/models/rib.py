@@ -10,12 +10,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from microrec.data.schema import NUM_SPECIAL, PAD
 from microrec.errors import ConfigError
 from microrec.models.base import last_items
 from microrec.models.cooccurrence import Cooccurrence
 from microrec.models.embedding import MicroEmbedding
 from microrec.models.neural import NeuralRecommender, last_state, sampled_softmax_loss
-from microrec.schema import NUM_SPECIAL, PAD
 
 ENCODERS = {"gru": nn.GRU, "lstm": nn.LSTM, "rnn": nn.RNN}
 HEADS = ("softmax", "repeat_explore")

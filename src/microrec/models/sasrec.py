@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from microrec.data.schema import PAD
 from microrec.errors import ConfigError
 from microrec.models.embedding import MicroEmbedding
 from microrec.models.neural import NeuralRecommender, last_state
-from microrec.schema import PAD
 
 
 class Block(nn.Module):

@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from microrec.data.schema import NUM_SPECIAL
 from microrec.errors import ConfigError
 from microrec.models.base import FitFromData, last_items, mask_special_, visits
-from microrec.schema import NUM_SPECIAL
 
 QUERIES = ("last", "mean")
 

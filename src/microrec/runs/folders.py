@@ -20,6 +20,7 @@ HYDRA = Path(".hydra") / "hydra.yaml"  # Hydra's own config: the job's choices
 CONFIG = Path(".hydra") / "config.yaml"  # the job's composed config
 METRICS_FILE = "metrics.json"
 CHECKPOINT = Path("checkpoints") / "best.ckpt"
+LAST = Path("checkpoints") / "last.ckpt"  # written after every validation: what resume= reads
 # what a run writes besides Hydra's .hydra/ and its log: a folder holding any of these holds
 # a run, and a fresh run must not write into it (one folder, one run's outputs)
 RUN_OUTPUTS = (METRICS_FILE, "predictions.parquet", "checkpoints", "wandb-run.json", "wandb",
@@ -58,6 +59,33 @@ def check_same_run(metrics: dict, path: Path, run_id: str | None) -> None:
         raise ConfigError(f"{path} belongs to another run than the {METRICS_FILE} beside it "
                           f"(run {run_id} against {metrics.get(RUN_ID)}): the folder mixes two "
                           "runs' outputs; run it again into a new folder.")
+
+
+def saved_config(ckpt: Path):
+    """The composed config of the run a checkpoint belongs to, to rebuild its data and model.
+
+    Runs written before the package was regrouped by role (microrec 0.3: `microrec.loaders`,
+    `microrec.synthetic`, `data.path`) are refused in one sentence: their configs name
+    classes and settings that no longer exist.
+    """
+    import hydra
+    from omegaconf import OmegaConf
+
+    run_dir = run_folder(ckpt)
+    if not (run_dir / CONFIG).is_file():
+        raise ConfigError(f"{ckpt}: its run folder {run_dir} has no {CONFIG}, so its data and "
+                          "model cannot be rebuilt.")
+    cfg = OmegaConf.load(run_dir / CONFIG)
+    targets = [OmegaConf.select(cfg, key) for key in ("data._target_", "data.source._target_",
+                                                      "model._target_")]
+    for target in [t for t in targets if t] + (["data.path"] if "path" in cfg.data else []):
+        try:
+            hydra.utils.get_object(target)
+        except Exception:
+            raise ConfigError(f"{run_dir} was written by an older layout of microrec (its "
+                              f"config names {target}, which no longer exists): train it "
+                              "again to use it here.") from None
+    return cfg
 
 
 def job_id(folder: Path) -> tuple[int | None, str]:

@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import polars as pl
 
-from microrec import schema as S
+from microrec.data import schema as S
 from microrec.errors import ConfigError
 
 GENERATOR_VERSION = 2  # bump on any change to the generated table
@@ -79,6 +80,10 @@ class SyntheticSource:
         return "synthetic"
 
     @property
+    def path(self) -> None:
+        return None  # generated, not read: `data.source.path` is no setting of this source
+
+    @property
     def activity_groups(self) -> dict[str, tuple[str, ...]]:
         return S.PAPER_GROUPS
 
@@ -89,6 +94,9 @@ class SyntheticSource:
 
     def load(self) -> pl.DataFrame:
         return generate(self)
+
+    def blocks(self) -> Iterator[pl.DataFrame]:
+        yield self.load()
 
 
 def generate(p: SyntheticSource) -> pl.DataFrame:

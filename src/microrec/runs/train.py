@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import time
@@ -10,64 +9,24 @@ from pathlib import Path
 
 import hydra
 import pytorch_lightning as L
-import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.plugins.io import TorchCheckpointIO
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from microrec import predictions
 from microrec.config import build, check_args
 from microrec.errors import ConfigError, Stopped
 from microrec.files import atomic_write
+from microrec.metrics import MRR, RECALL
 from microrec.models.base import FitFromData
-from microrec.naming import job_label, run_label
-from microrec.resume import (
-    LAST,
-    CheckpointOnSigterm,
-    RngStates,
-    RunIdentity,
-    resume_point,
-    wandb_identity,
-)
-from microrec.runs import METRICS_FILE, RUN_ID, wandb_group
-from microrec.threads import count_threads, set_threads
-from microrec.tracking import uses_wandb
-from microrec.tuning import check_tuned  # and the sqlite_url resolver hparams_search uses
+from microrec.runs import predictions, tracking
+from microrec.runs.callbacks import CheckpointFiles, CheckpointOnSigterm, RngStates, RunIdentity
+from microrec.runs.folders import LAST, METRICS_FILE, RUN_ID
+from microrec.runs.resume import resume_point
+from microrec.runs.threads import count_threads, set_threads
+from microrec.runs.tracking import run_identity, uses_wandb, wandb_identity
+from microrec.runs.tune import check_tuned  # and the sqlite_url resolver hparams_search uses
 
 log = logging.getLogger("microrec.train")
-TAGGED_GROUPS = ("data", "model", "features", "encoder", "attention", "head", "tuned")
-OmegaConf.register_new_resolver("job_label", job_label, replace=True)
-
-
-class CheckpointFiles(TorchCheckpointIO):
-    """Checkpoints written like every other output (`files.atomic_write`): whole or not at
-    all, with the umask's mode, and a full disk is one sentence naming the checkpoint."""
-
-    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
-        buffer = io.BytesIO()
-        torch.save(checkpoint, buffer)  # in memory first, as Lightning does: torch's own file
-        # writer reports a failed write without its errno
-        atomic_write(Path(path), lambda tmp: Path(tmp).write_bytes(buffer.getbuffer()))
-
-
-def run_identity(run_dir: Path) -> dict:
-    """W&B group, run name and tags of the current Hydra job (empty outside Hydra)."""
-    if not HydraConfig.initialized():
-        return {}
-    hc = HydraConfig.get()
-    choices = hc.runtime.choices
-    overrides = list(hc.overrides.task)
-    multirun = hc.mode == hydra.types.RunMode.MULTIRUN
-    identity = {
-        "name": (job_label(overrides, hc.sweeper.get("params")) if multirun
-                 else run_label(overrides, run_dir.name)),
-        # a baseline drops the groups it does not use (encoder, attention): no tag for those
-        "tags": [f"{g}={choices[g]}" for g in TAGGED_GROUPS if choices.get(g)],
-    }
-    if multirun:
-        identity["group"] = wandb_group(Path(hc.sweep.dir))
-    return identity
 
 
 def write_predictions(run_dir: Path, model, dm, stages: list[str],
@@ -145,13 +104,11 @@ def train(cfg: DictConfig) -> dict:
         text = json.dumps(metrics, indent=2, sort_keys=True)
         atomic_write(run_dir / METRICS_FILE, lambda tmp: Path(tmp).write_text(text + "\n"))
         stage = "test" if cfg.test else "val"
-        log.info("%s/recall@20 %.4f  %s/mrr@20 %.4f  -> %s", stage, metrics[f"{stage}/recall@20"],
-                 stage, metrics[f"{stage}/mrr@20"], run_dir / METRICS_FILE)
+        log.info("%s/%s %.4f  %s/%s %.4f  -> %s", stage, RECALL, metrics[f"{stage}/{RECALL}"],
+                 stage, MRR, metrics[f"{stage}/{MRR}"], run_dir / METRICS_FILE)
 
     if uses_wandb(cfg.get("logger")):
-        import wandb
-
-        wandb.finish()  # each multirun job must be its own W&B run
+        tracking.finish()
     return metrics
 
 

@@ -15,6 +15,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import PercentFormatter
 
 from microrec.files import atomic_write
+from microrec.runs.tracking import log_run
 
 COLORS = ("#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860", "#DA8BC3",
           "#8C8C8C")
@@ -144,13 +145,6 @@ def grouped_bars(panels: dict[str, np.ndarray], categories: list[str], series: l
 
 
 def log_to_wandb(images: dict[str, Path], **init) -> None:
-    """Log PNG files as W&B images in one new run (offline unless WANDB_MODE says otherwise).
-
-    init: wandb.init arguments (project, dir, name, tags, job_type, config).
-    """
-    import wandb
-
-    Path(init.get("dir", ".")).mkdir(parents=True, exist_ok=True)
-    run = wandb.init(**init)
-    run.log({name: wandb.Image(str(path)) for name, path in images.items()})
-    run.finish()
+    """Log PNG files as W&B images in one new run (`runs.tracking.log_run`'s arguments)."""
+    log_run(lambda wandb: {name: wandb.Image(str(path)) for name, path in images.items()},
+            **init)

@@ -2,7 +2,7 @@
 
 Examples of one session are correlated (they share a user and most of their input), so the
 resampling unit is the test session, not the example (DESIGN.md). Each model's per-example
-hit@20 and reciprocal rank@20 are first averaged over its seeds; the two models are then
+hit@K and reciprocal rank@K (`metrics.K`) are first averaged over its seeds; the two models are then
 paired example by example. With several data splits (`data.seed`) only examples of the
 same split are paired, and each split's sessions are resampled within that split.
 
@@ -25,12 +25,12 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from microrec import predictions
+from microrec.metrics import MRR, RECALL, hits_and_rr
 
 RESAMPLES = 5000
 SEED = 0
 LEVEL = 0.95
-COLUMNS = {"recall@20": "hit", "mrr@20": "rr"}  # metric -> per-example column
+COLUMNS = {RECALL: "hit", MRR: "rr"}  # metric -> per-example column
 
 
 @dataclass
@@ -46,7 +46,7 @@ class Paired:
 
 
 def seed_average(runs: list[tuple[int, pl.DataFrame]]) -> pl.DataFrame:
-    """One model's test examples with hit@20 and reciprocal rank@20 averaged over seeds.
+    """One model's test examples with hit@K and reciprocal rank@K averaged over seeds.
 
     runs: (data.seed, predictions table) of each run (seed) of the model. Returns one row
     per (data_seed, example) with session, repeat, hit, rr and runs (how many seeds).
@@ -54,7 +54,7 @@ def seed_average(runs: list[tuple[int, pl.DataFrame]]) -> pl.DataFrame:
     """
     frames = []
     for data_seed, table in runs:
-        hit, rr = predictions.hits_and_rr(table["rank"])
+        hit, rr = hits_and_rr(table["rank"])
         frames.append(table.select("example", "session", "position", "repeat").with_columns(
             pl.lit(data_seed, pl.Int64).alias("data_seed"), pl.Series("hit", hit),
             pl.Series("rr", rr)))
@@ -88,7 +88,7 @@ def pair(a: pl.DataFrame, b: pl.DataFrame) -> pl.DataFrame:
 
 def compare(a: pl.DataFrame, b: pl.DataFrame, resamples: int = RESAMPLES,
             seed: int = SEED) -> dict[str, Paired] | None:
-    """A minus B in Recall@20 and MRR@20 on their shared examples (`seed_average` tables);
+    """A minus B in Recall@K and MRR@K on their shared examples (`seed_average` tables);
     None when they share no split."""
     both = pair(a, b)
     if both.height == 0:

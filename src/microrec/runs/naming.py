@@ -1,4 +1,5 @@
-"""Readable, safe names for multirun job folders and W&B runs: what the sweep varies."""
+"""Readable, safe names for multirun job folders and W&B runs (what the sweep varies), and
+the config resolvers that name things in conf/: `register_resolvers`."""
 
 from __future__ import annotations
 
@@ -6,9 +7,13 @@ import hashlib
 import re
 import sys
 from collections.abc import Mapping
+from pathlib import Path
+
+from omegaconf import OmegaConf
 
 _SWEEP_FUNCTIONS = ("range(", "choice(", "glob(", "interval(", "tag(")  # tag(log, interval(..))
 MAX_LEN = 80
+SQLITE = "sqlite:///"
 
 
 def _is_sweep(value: str) -> bool:
@@ -59,3 +64,17 @@ def safe_label(parts: list[str], default: str = "job") -> str:
         digest = hashlib.sha1(label.encode()).hexdigest()[:8]
         label = f"{label[:MAX_LEN - 9]}-{digest}"
     return label
+
+
+def sqlite_url(path: str) -> str:
+    """The SQLAlchemy URL of an SQLite file, its folder created (SQLite will not make it)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return SQLITE + path
+
+
+def register_resolvers() -> None:
+    """Register the resolvers conf/ uses: `job_label` (a multirun job folder's name,
+    conf/train.yaml) and `sqlite_url` (an Optuna study's storage, conf/tuning/optuna.yaml).
+    Every entry script that composes conf/train.yaml calls it before Hydra starts."""
+    OmegaConf.register_new_resolver("job_label", job_label, replace=True)
+    OmegaConf.register_new_resolver("sqlite_url", sqlite_url, replace=True)

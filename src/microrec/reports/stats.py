@@ -14,9 +14,9 @@ from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
-from microrec import schema as S
 from microrec.config import build
-from microrec.protocol import (
+from microrec.data import schema as S
+from microrec.data.protocol import (
     SPLITS,
     bucketize,
     check_settings,
@@ -24,7 +24,6 @@ from microrec.protocol import (
     macro_interactions,
     split_events,
 )
-from microrec.sources import check_reads_file
 
 TABLE2 = ("sessions", "products", "macro_interactions", "micro_behaviors", "targets")
 
@@ -124,7 +123,6 @@ def table(title: str, frame, caption: str | None = None) -> Table:
 def print_summary(cfg: DictConfig) -> Summary:
     """Load the configured data set, summarise it and print the tables."""
     source = build(cfg.data.source)
-    check_reads_file(source, cfg.data.path)
     events = S.validate_events(source.load(), source.name)
     summary = summarize(events, buckets=cfg.data.buckets, split=tuple(cfg.data.split),
                         min_macros=cfg.data.min_macros, seed=cfg.data.seed,

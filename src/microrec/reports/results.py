@@ -19,19 +19,20 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from microrec import predictions, significance
+from microrec.data.schema import FEATURE_LABELS
 from microrec.errors import ConfigError
 from microrec.files import atomic_write
-from microrec.runs import (
+from microrec.reports import significance
+from microrec.runs import predictions
+from microrec.runs.folders import (
     CONFIG,
     HYDRA,
     METRICS_FILE,
     check_same_run,
     job_folders,
     read_metrics,
-    wandb_group,
 )
-from microrec.schema import FEATURE_LABELS
+from microrec.runs.tracking import log_run, wandb_group
 
 METRICS = {"test/recall@20": "Recall@20", "test/mrr@20": "MRR@20"}
 # The paper's baselines, then the session-based peers fitted from data
@@ -429,14 +430,10 @@ def markdown(datasets: list[str], rows: list[tuple[str, str]], cells: dict,
 
 
 def log_to_wandb(table: list[list], folder: Path) -> None:
-    """The table as a W&B Table in its own run, in the multirun's W&B group (offline unless
-    WANDB_MODE says otherwise)."""
-    import wandb
-
-    run = wandb.init(project="microrec", dir=str(folder), name="table3", job_type="results",
-                     group=wandb_group(folder.resolve()))
-    run.log({"table3": wandb.Table(columns=table[0], data=table[1:])})
-    run.finish()
+    """The table as a W&B Table, in a run of the multirun's W&B group."""
+    log_run(lambda wandb: {"table3": wandb.Table(columns=table[0], data=table[1:])},
+            dir=str(folder), name="table3", job_type="results",
+            group=wandb_group(folder.resolve()))
 
 
 def table3(folders: list[Path], use_wandb: bool = False, against: str | None = None,

@@ -22,7 +22,7 @@ from typing import BinaryIO
 
 import polars as pl
 
-from microrec import schema as S
+from microrec.data import schema as S
 from microrec.errors import ConfigError, DataError
 from microrec.files import atomic_write
 
@@ -43,7 +43,7 @@ GZIP_ERRORS = (OSError, EOFError, zlib.error)  # a damaged or truncated gzip str
 BLOCK_BYTES = 1 << 25  # text per parsed block of a JD file: bounds the parser's extra memory
 # Advice in the errors, which names training's settings; recommend.py reads its --input with
 # a run's own settings and words this advice for its arguments (recommend.INPUT_ADVICE)
-POINT_PATH = "point data.path at"
+POINT_PATH = "point data.source.path at"
 SET_FILE_FORMAT = "set data.source.file_format to csv, parquet or jsonl"
 SET_TS_FORMAT = "set data.source.ts_format for date-time strings"
 
@@ -387,7 +387,7 @@ class EventLog:
         name: str = "events",
     ):
         if path is None:
-            raise ConfigError("no event log given: set data.path to a file or a folder.")
+            raise ConfigError("no event log given: set data.source.path to a file or a folder.")
         self.path = Path(path)
         self.name = name
         self.columns = {str(k): str(v) for k, v in columns.items() if v is not None}
@@ -533,6 +533,11 @@ class EventLog:
                            (S.CATEGORY, pl.String))),
             pl.col(f"^{SOURCE}.*$"),
         )
+
+    def blocks(self) -> Iterator[pl.DataFrame]:
+        """The whole log with the file's session keys: its sessions are only known once every
+        event is read and sorted."""
+        yield self.load(keys=True)
 
     def _activities(self, frame: pl.DataFrame, where) -> pl.DataFrame:
         """Map activity codes to names; a code the mapping lacks stops the run."""

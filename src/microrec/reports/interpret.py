@@ -13,11 +13,11 @@ import torch
 from rich.console import Console
 from rich.progress import track
 
-from microrec import schema as S
-from microrec.data import Examples
-from microrec.metrics import target_rank
+from microrec.data import schema as S
+from microrec.data.batches import Examples
+from microrec.data.protocol import Prepared
+from microrec.metrics import MRR, RECALL, hits_and_rr, target_rank
 from microrec.models.rib import RIB, repeat_candidates
-from microrec.protocol import Prepared
 
 # Progress goes to stderr and only to a terminal: stdout carries a script's result (explain's
 # JSON), and a transient bar still leaves a blank line behind where there is no terminal.
@@ -54,7 +54,6 @@ NEXT = "next_products"
 NEXT_SHARE = "next_share"
 MEAN_PROB = "mean_repeat_probability"
 NEXT_PROB = "next_repeat_probability"
-K = 20  # the headline cut-off
 LENGTH_EDGES = (1, 5, 10, 20, 50)  # lower edges of the input-length bins
 
 
@@ -326,12 +325,12 @@ def gate_summary(examples: pl.DataFrame, products: pl.DataFrame) -> pl.DataFrame
 
 
 def ranking_metrics(examples: pl.DataFrame, by: list[str]) -> pl.DataFrame:
-    """Examples, Recall@20 and MRR@20 per group of `by` columns."""
-    hit = pl.col(RANK) <= K
+    """Examples, Recall@K and MRR@K per group of `by` columns."""
+    hit, rr = hits_and_rr(examples[RANK])
     return (
-        examples.group_by(by)
-        .agg(pl.len().alias(EXAMPLES), hit.mean().alias(f"recall@{K}"),
-             pl.when(hit).then(1.0 / pl.col(RANK)).otherwise(0.0).mean().alias(f"mrr@{K}"))
+        examples.with_columns(pl.Series(RECALL, hit), pl.Series(MRR, rr))
+        .group_by(by)
+        .agg(pl.len().alias(EXAMPLES), pl.col(RECALL, MRR).mean())
         .sort(by)
     )
 
@@ -344,7 +343,7 @@ def length_bins() -> dict[int, str]:
 
 
 def by_length(examples: pl.DataFrame) -> pl.DataFrame:
-    """Recall@20 and MRR@20 per run and input-length bin."""
+    """Recall@K and MRR@K per run and input-length bin."""
     bin_id = pl.sum_horizontal([pl.col(HISTORY) >= e for e in LENGTH_EDGES[1:]])
     return (
         ranking_metrics(examples.with_columns(bin_id.alias(LENGTH_BIN)), [RUN, LENGTH_BIN])

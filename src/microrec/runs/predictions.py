@@ -25,15 +25,15 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from microrec.data.protocol import SplitArrays
+from microrec.data.schema import NUM_SPECIAL
 from microrec.errors import DataError
 from microrec.files import atomic_write
-from microrec.protocol import SplitArrays
-from microrec.runs import RUN_ID
-from microrec.schema import NUM_SPECIAL
+from microrec.metrics import KS, MRR, RECALL, hits_and_rr
+from microrec.runs.folders import RUN_ID
 
 PREDICTIONS_FILE = "predictions.parquet"
 STAGES = ("val", "test")
-K = 20  # the headline cut-off: Recall@20, MRR@20
 
 
 def frame(stage: str, results: dict[str, np.ndarray], split: SplitArrays,
@@ -92,14 +92,7 @@ def read(path: Path, stage: str = "test") -> pl.DataFrame:
                         "comparisons.") from None
 
 
-def hits_and_rr(rank: pl.Series | np.ndarray, k: int = K) -> tuple[np.ndarray, np.ndarray]:
-    """(N,) hit@k and reciprocal rank@k of each example; a null rank (unknown) is a miss."""
-    r = pl.Series(rank).cast(pl.Float64).fill_null(np.inf).to_numpy()  # (N,)
-    inside = r <= k
-    return inside.astype(np.float64), np.where(inside, 1.0 / r, 0.0)
-
-
-def metrics(table: pl.DataFrame, ks: tuple[int, ...] = (5, 10, 20)) -> dict[str, float]:
+def metrics(table: pl.DataFrame, ks: tuple[int, ...] = KS) -> dict[str, float]:
     """Recall@k and MRR@k over a table's rows, as `metrics.json` names them (no prefix)."""
     out = {}
     for k in ks:
@@ -109,17 +102,17 @@ def metrics(table: pl.DataFrame, ks: tuple[int, ...] = (5, 10, 20)) -> dict[str,
 
 
 def breakdown(hit: np.ndarray, rr: np.ndarray, repeat: np.ndarray) -> dict[str, float]:
-    """Share, Recall@20 and MRR@20 of repeat targets (in the input) and of new ones.
+    """Share, Recall@K and MRR@K of repeat targets (in the input) and of new ones.
 
-    hit, rr: (N,) per-example hit@20 and reciprocal rank@20 (e.g. averaged over seeds);
+    hit, rr: (N,) per-example hit@K and reciprocal rank@K (e.g. averaged over seeds);
     repeat: (N,) bool. A group without examples gets NaN.
     """
     out = {}
     for name, rows in (("repeat", repeat), ("new", ~repeat)):
         n = int(rows.sum())
         out[f"{name}/share"] = n / max(rows.size, 1)
-        out[f"{name}/recall@{K}"] = float(hit[rows].mean()) if n else float("nan")
-        out[f"{name}/mrr@{K}"] = float(rr[rows].mean()) if n else float("nan")
+        out[f"{name}/{RECALL}"] = float(hit[rows].mean()) if n else float("nan")
+        out[f"{name}/{MRR}"] = float(rr[rows].mean()) if n else float("nan")
     return out
 
 

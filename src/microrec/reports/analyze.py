@@ -22,11 +22,9 @@ from hydra.core.hydra_config import HydraConfig
 from matplotlib.figure import Figure
 from omegaconf import DictConfig, OmegaConf
 
-from microrec import schema as S
 from microrec.config import build
-from microrec.errors import ConfigError
-from microrec.plots import bars, heatmap, log_to_wandb, save_csv, save_json, save_png
-from microrec.protocol import (
+from microrec.data import schema as S
+from microrec.data.protocol import (
     BUCKET_EDGES,
     BUCKET_SCHEMES,
     bucketize,
@@ -34,7 +32,9 @@ from microrec.protocol import (
     macro_interactions,
     macro_table,
 )
-from microrec.tracking import uses_wandb
+from microrec.errors import ConfigError
+from microrec.reports.plots import bars, heatmap, log_to_wandb, save_csv, save_json, save_png
+from microrec.runs.tracking import uses_wandb
 
 log = logging.getLogger("microrec.analyze")
 

@@ -26,17 +26,19 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from rich.progress import MofNCompleteColumn, Progress
 
-from microrec import loaders
-from microrec import schema as S
 from microrec.config import build
-from microrec.data import Examples, MicroDataModule
+from microrec.data import loaders
+from microrec.data import schema as S
+from microrec.data.batches import Examples
+from microrec.data.loaders import SOURCE, USER
+from microrec.data.module import MicroDataModule
+from microrec.data.protocol import Prepared, encode_sessions
 from microrec.errors import ConfigError, DataError
 from microrec.files import atomic_write
-from microrec.loaders import SOURCE, USER, EventLog
+from microrec.metrics import K
 from microrec.models.base import Recommender
 from microrec.models.base import top_items as best_ids
-from microrec.protocol import Prepared, encode_sessions
-from microrec.runs import CONFIG, find_checkpoints, run_folder
+from microrec.runs.folders import find_checkpoints, saved_config
 
 log = logging.getLogger("microrec.recommend")
 RANK, SCORE = "rank", "score"  # output columns besides the session keys and S.ITEM
@@ -55,12 +57,7 @@ def run_config(path: str) -> tuple[Path, DictConfig]:
     if len(checkpoints) > 1:
         raise ConfigError(f"{path} holds {len(checkpoints)} runs' checkpoints: give one run "
                           "folder or checkpoint.")
-    ckpt = checkpoints[0]
-    run_dir = run_folder(ckpt)
-    if not (run_dir / CONFIG).is_file():
-        raise ConfigError(f"{ckpt}: its run folder {run_dir} has no {CONFIG}, so its data and "
-                          "model cannot be rebuilt.")
-    return ckpt, OmegaConf.load(run_dir / CONFIG)
+    return checkpoints[0], saved_config(checkpoints[0])
 
 
 def load_model(ckpt: Path, cfg: DictConfig, device: str = "cpu"
@@ -98,7 +95,6 @@ def input_source(cfg, path: Path):
                           "no format to read new sessions in: use a run trained on a file "
                           "data set (jd_appliances, jd_computers, events, ...).")
     cfg = copy.deepcopy(cfg)
-    cfg.data.path = str(path)
     cfg.data.source.path = str(path)
     return build(cfg.data.source)
 
@@ -115,17 +111,12 @@ def validated(raw: pl.DataFrame, name: str) -> pl.DataFrame:
 
 
 def event_blocks(source) -> Iterator[pl.DataFrame]:
-    """The new sessions as canonical event tables of whole sessions: block by block where the
-    loader streams (JD session files: one line is one session), else the whole log at once
-    (an event log's sessions are only known once every event is read and sorted). A bad
-    file's error gives the advice of `INPUT_ADVICE`."""
+    """The new sessions as canonical event tables of whole sessions, block by block as the
+    source streams them (`EventSource.blocks`). A bad file's error gives the advice of
+    `INPUT_ADVICE`."""
     try:
-        if hasattr(source, "blocks"):
-            for raw in source.blocks():
-                yield validated(raw, source.name)
-        else:
-            yield validated(source.load(keys=True) if isinstance(source, EventLog)
-                            else source.load(), source.name)
+        for raw in source.blocks():
+            yield validated(raw, source.name)
     except DataError as e:
         message = str(e)
         for training, here in INPUT_ADVICE.items():
@@ -197,7 +188,7 @@ def chunks(events: pl.DataFrame, size: int):
         yield events.slice(a, b - a)
 
 
-def recommend(run: str, input_path: str, out: Path, top: int = 20, chunk_size: int = 10_000,
+def recommend(run: str, input_path: str, out: Path, top: int = K, chunk_size: int = 10_000,
               batch_size: int | None = None, device: str | None = None) -> dict:
     """Write the top `top` products of every session in `input_path` to `out` (Parquet).
 

@@ -19,13 +19,15 @@ import polars as pl
 from matplotlib.figure import Figure
 from omegaconf import OmegaConf
 
-from microrec import interpret as I
-from microrec import schema as S
 from microrec.config import build
-from microrec.data import Examples, MicroDataModule
+from microrec.data import schema as S
+from microrec.data.batches import Examples
+from microrec.data.module import MicroDataModule
 from microrec.errors import ConfigError
+from microrec.metrics import MRR, RECALL, K
 from microrec.models.rib import RIB
-from microrec.plots import (
+from microrec.reports import interpret as I
+from microrec.reports.plots import (
     COLORS,
     grouped_bars,
     heatmap,
@@ -34,14 +36,14 @@ from microrec.plots import (
     save_json,
     save_png,
 )
-from microrec.runs import (
-    CONFIG,
+from microrec.runs.folders import (
     check_same_run,
     checkpoint_run_id,
     find_checkpoints,
     job_id,
     read_metrics,
     run_folder,
+    saved_config,
 )
 
 log = logging.getLogger("microrec.explain")
@@ -68,12 +70,9 @@ def load_runs(checkpoints: list[Path], notes: list[str]) -> list[Run]:
     runs, data = [], {}
     for ckpt in checkpoints:
         run_dir = run_folder(ckpt)
-        if not (run_dir / CONFIG).is_file():
-            raise ConfigError(f"{ckpt}: its run folder {run_dir} has no {CONFIG}, so its data "
-                              "cannot be rebuilt.")
+        cfg = saved_config(ckpt)
         if (metrics := read_metrics(run_dir)) is not None:  # finished: the checkpoint is its
             check_same_run(metrics, ckpt, checkpoint_run_id(ckpt))
-        cfg = OmegaConf.load(run_dir / CONFIG)
         target = OmegaConf.select(cfg, "model._target_")
         if target != RIB_TARGET:
             notes.append(f"{run_dir.name}: not a RIB run (model {target}); skipped.")
@@ -260,19 +259,19 @@ def repeat_gate(examples: pl.DataFrame, products: pl.DataFrame, data: str
 
 def metrics_by_length(examples: pl.DataFrame, labels: list[str], data: str
                       ) -> tuple[pl.DataFrame, Figure]:
-    """Recall@20 and MRR@20 per input-length bin, one bar per run (`labels`, in order)."""
+    """Recall@K and MRR@K per input-length bin, one bar per run (`labels`, in order)."""
     table = I.by_length(examples)
     bins = table[I.LENGTH_BIN].unique(maintain_order=True).to_list()
     counts = table.filter(pl.col(I.RUN) == labels[0])[I.EXAMPLES].to_list()
     return table, grouped_bars(
         {title: table[m].to_numpy().reshape(len(labels), len(bins))
-         for m, title in ((f"recall@{I.K}", f"Recall@{I.K}"), (f"mrr@{I.K}", f"MRR@{I.K}"))},
+         for m, title in ((RECALL, f"Recall@{K}"), (MRR, f"MRR@{K}"))},
         [f"{b}\n(n={c:,})" for b, c in zip(bins, counts, strict=True)], labels,
         f"Test metrics by input length ({data})", "micro-behaviors before the target")
 
 
 def explain(paths: list[str], out: Path, example: int | None = None,
-            logger: str = "wandb", project: str = "microrec") -> dict:
+            logger: str = "wandb", project: str | None = None) -> dict:
     """Write the attention case study and the test-split summaries of the runs in `paths`."""
     notes: list[str] = []
     runs = load_runs(find_checkpoints(paths), notes)

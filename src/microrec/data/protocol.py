@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import polars as pl
 
-from microrec import schema as S
+from microrec.data import schema as S
 from microrec.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
