@@ -16,7 +16,8 @@ from rich.progress import track
 from microrec import schema as S
 from microrec.data import Examples
 from microrec.metrics import target_rank
-from microrec.models.rib import RIB, repeat_candidates
+from microrec.models.heads import RepeatExploreHead, repeat_candidates
+from microrec.models.rib import RIB
 from microrec.protocol import Prepared
 
 # Progress goes to stderr and only to a terminal: stdout carries a script's result (explain's
@@ -163,7 +164,7 @@ def scan(model: RIB, data: Examples, run: str, batch_size: int = 512) -> Scan:
         if model.attention is not None:
             frames["tokens"].append(token_frame(idx, batch, attention(model, batch),
                                                 batch["item"] != S.PAD, LENGTH))
-        if model.repeat is not None:
+        if isinstance(model.head, RepeatExploreHead):
             out = repeat(model, batch)
             gates.append(out["gate"])  # (B,)
             frames["repeat"].append(token_frame(idx, batch, out["repeat"], candidate,
