@@ -119,8 +119,7 @@ def main() -> None:
             torch.manual_seed(0)
             model = RIB(args.items, N_ACTIVITIES, N_DWELL, init="random", loss=loss,
                         n_negatives=args.negatives, **options)
-            if model.cooccurrence is not None:
-                model.cooccurrence.fit(train)
+            model.head.fit(train)  # the co-occurrence counts, where the head has them
             model = model.to(device)
             model.set_sampling(log_q_source)
             seconds = time_steps(model, batches, args, device)

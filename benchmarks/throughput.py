@@ -80,8 +80,6 @@ def bare_steps(model, batches, warmup: int) -> float:
     import torch
     import torch.nn.functional as F
 
-    from microrec.models.neural import sampled_softmax_loss
-
     model.train()
     optimizers = model.configure_optimizers()
     optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
@@ -94,8 +92,7 @@ def bare_steps(model, batches, warmup: int) -> float:
         else:
             negatives = torch.multinomial(model.log_q.exp(), model.hparams.n_negatives,
                                           replacement=True)
-            loss = sampled_softmax_loss(model.query(batch), model.out_weight, model.out_bias,
-                                        target, negatives, model.log_q)
+            loss = model.sampled_loss(batch, negatives)
         for opt in optimizers:
             opt.zero_grad()
         loss.backward()

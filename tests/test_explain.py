@@ -58,7 +58,8 @@ def test_runs_load_in_job_order_with_readable_labels(runs):
                                        "SKU+Micro-behaviors · attention=off",
                                        "SKU+Micro-behaviors · head=repeat_explore"]
     assert [r.model.attention is not None for r in runs] == [True, True, False, True]
-    assert [r.model.repeat is not None for r in runs] == [False, False, False, True]
+    assert [type(r.model.head).__name__ for r in runs] == [*["SoftmaxHead"] * 3,
+                                                           "RepeatExploreHead"]
     assert runs[0].dm is runs[1].dm is runs[2].dm is runs[3].dm  # one data set, rebuilt once
 
 

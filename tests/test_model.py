@@ -127,12 +127,12 @@ def test_sampled_loss_updates_only_the_sampled_rows(dm):
     model = rib(dm, loss="sampled", n_negatives=4)
     model.set_sampling(dm.prepared.splits["train"].target)
     assert torch.all(model.log_q[:2] < -60)  # padding and unknown are never drawn
-    before = model.out_weight.weight.detach().clone()
+    before = model.head.out.weight.weight.detach().clone()
     trainer = L.Trainer(max_steps=1, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False)
     batch = dm.dataset("train")[list(range(8))]
     trainer.fit(model, train_dataloaders=torch.utils.data.DataLoader([batch], batch_size=None))
-    changed = (model.out_weight.weight.detach() != before).any(1)
+    changed = (model.head.out.weight.weight.detach() != before).any(1)
     assert changed.any()
     assert changed.sum() <= 8 + 4  # the batch's targets and the 4 negatives at most
     assert changed[batch["target"]].all()

@@ -1,5 +1,6 @@
 """RIB's output heads: the repeat-explore mixture (head=repeat_explore) and tied weights."""
 
+import inspect
 import itertools
 
 import numpy as np
@@ -9,7 +10,9 @@ import torch
 import torch.nn.functional as F
 
 from microrec.data.schema import FEATURES, NUM_SPECIAL, PAD
-from microrec.models.rib import RIB, repeat_candidates
+from microrec.errors import ConfigError
+from microrec.models.heads import RepeatExploreHead, SoftmaxHead, repeat_candidates
+from microrec.models.rib import RIB
 
 SMALL = dict(item_dim=8, activity_dim=4, dwell_dim=4, hidden_size=12, attention_size=6,
              init="random", head="repeat_explore")
@@ -118,8 +121,8 @@ def test_scores_do_not_depend_on_padding(dm):
 def test_every_ablation_trains_the_head(dm, encoder, attention, features):
     model = rib(dm, encoder=encoder, attention=attention, features=features)
     model.training_loss(dm.dataset("train")[list(range(16))]).backward()
-    for part in (model.embed.item, model.repeat.position, model.repeat.distance,
-                 model.repeat.gate, model.out_weight):
+    for part in (model.embed.item, model.head.repeat.position, model.head.repeat.distance,
+                 model.head.repeat.gate, model.head.out.weight):
         assert part.weight.grad.abs().sum() > 0
     for channel in ("activity", "dwell"):
         table = getattr(model.embed, channel)
@@ -128,7 +131,7 @@ def test_every_ablation_trains_the_head(dm, encoder, attention, features):
 
 def test_tied_weights_score_against_the_input_product_table(dm):
     untied, tied = rib(dm, head="softmax"), rib(dm, head="softmax", tied=True)
-    assert tied.output_tables()[0] is tied.embed.item and not hasattr(tied, "out_weight")
+    assert tied.output_tables()[0] is tied.embed.item and not hasattr(tied.head.out, "weight")
     n_params = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     saved = n_params(untied) - n_params(tied)
     assert saved == dm.n_items * 12 - 12 * 8  # the output table, less the projection
@@ -156,10 +159,78 @@ def test_a_trained_head_reloads_with_identical_scores(dm, tmp_path, loss):
 
 
 def test_an_unknown_head_is_refused_in_one_sentence(dm):
-    from microrec.errors import ConfigError
-
     with pytest.raises(ConfigError, match="unknown head 'mixture'"):
         rib(dm, head="mixture")
+
+
+# -- the two head modules -------------------------------------------------------------------
+def test_both_heads_answer_the_same_calls(dm):
+    """RIB calls either head without asking which: same methods, same arguments; both take
+    the output layer's arguments (tied among them), only the repeat-explore head neighbours."""
+    for method in ("fit", "logits", "training_loss", "sampled_loss", "score_loss",
+                   "repeat_weights"):
+        softmax, repeat = (list(inspect.signature(getattr(cls, method)).parameters)
+                           for cls in (SoftmaxHead, RepeatExploreHead))
+        assert softmax == repeat, method
+    shared = list(inspect.signature(SoftmaxHead).parameters)
+    assert "tied" in shared and "neighbours" not in shared
+    assert list(inspect.signature(RepeatExploreHead).parameters)[:len(shared)] == shared
+    with pytest.raises(ConfigError, match=r"^this RIB model has head=softmax: it has no repeat "
+                                          r"attention\.$"):
+        rib(dm, head="softmax").repeat_weights(dm.dataset("val")[[0]])
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_the_softmax_head_scores_the_pooled_state_against_the_output_table(dm, tied):
+    batch = dm.dataset("val")[list(range(16))]
+    model = rib(dm, head="softmax", tied=tied).eval()
+    with torch.no_grad():
+        _, _, pooled = model.head_inputs(batch)  # (B, H)
+        q = pooled @ model.head.out.proj.weight.T if tied else pooled  # (B, D)
+        table = model.embed.item.weight if tied else model.head.out.weight.weight  # (N, D)
+        expected = q @ table.T + model.head.out.bias.weight.T  # (B, N)
+        assert torch.allclose(model.logits(batch), expected, atol=1e-6)
+        assert torch.allclose(model.training_loss(batch),
+                              F.cross_entropy(expected, batch["target"]), atol=1e-6)
+
+
+# the output layer's state-dict prefixes before it moved into a head module
+OLD_PREFIXES = {"head.repeat.": "repeat.", "head.cooccurrence.": "cooccurrence.",
+                "head.out.proj.": "out_proj.", "head.out.weight.": "out_weight.",
+                "head.out.bias.": "out_bias."}
+REPEAT_KEYS = {f"repeat.{name}" for name in ("position.weight", "position.bias", "distance.weight",
+                                             "query.weight", "score.weight", "gate.weight",
+                                             "gate.bias")}
+
+
+@pytest.mark.parametrize("head, tied, neighbours", [
+    ("softmax", False, 0), ("softmax", True, 0), ("repeat_explore", False, 0),
+    ("repeat_explore", True, 10)])
+def test_checkpoints_from_before_the_head_modules_load_with_identical_scores(
+        dm, tmp_path, head, tied, neighbours):
+    model = rib(dm, head=head, tied=tied, neighbours=neighbours).eval()
+    model.head.fit(dm.prepared.splits["train"])
+    torch.nn.init.normal_(model.head.out.bias.weight)  # not the zeros it starts from
+    trainer = L.Trainer(**QUIET)
+    trainer.strategy.connect(model)
+    path = tmp_path / "old.ckpt"
+    trainer.save_checkpoint(path)
+    checkpoint = torch.load(path, weights_only=False)
+    state = checkpoint["state_dict"]
+    for key in list(state):
+        for new, old in OLD_PREFIXES.items():
+            if key.startswith(new):
+                state[old + key[len(new):]] = state.pop(key)
+    expected = {"out_bias.weight", "out_proj.weight" if tied else "out_weight.weight"}
+    expected |= REPEAT_KEYS if head == "repeat_explore" else set()
+    expected |= {"cooccurrence.weight", "cooccurrence.partner", "cooccurrence.count"} \
+        if neighbours else set()
+    assert {k for k in state if not k.startswith(("embed.", "rnn.", "attention."))} == expected
+    torch.save(checkpoint, path)
+    reloaded = RIB.load_from_checkpoint(path).eval()
+    batch = dm.dataset("test")[list(range(20))]
+    with torch.no_grad():
+        assert torch.equal(model(batch), reloaded(batch))
 
 
 # -- model.neighbours: the co-occurrence expert ---------------------------------------------
@@ -203,7 +274,7 @@ def test_neighbour_scores_are_the_co_occurrence_counts(dm, split):
     training batch each example's own session is left out of it."""
     train = dm.prepared.splits["train"]
     model = rib(dm, tied=True, neighbours=dm.n_items)
-    model.cooccurrence.fit(train)
+    model.head.cooccurrence.fit(train)
     sessions = session_sets(train)
     both = brute_force_counts(sessions, dm.n_items)
     batch = dm.dataset(split)[list(range(0, 40, 2))]
@@ -218,8 +289,8 @@ def test_neighbour_scores_are_the_co_occurrence_counts(dm, split):
     expected = expected_scores(batch, both, own)
     with torch.no_grad():
         for w, which in (([1.0, 0.0], 0), ([0.0, 1.0], 1)):
-            model.cooccurrence.weight.copy_(torch.tensor(w))
-            got = model.cooccurrence(batch, leave_out=split == "train")
+            model.head.cooccurrence.weight.copy_(torch.tensor(w))
+            got = model.head.cooccurrence(batch, leave_out=split == "train")
             np.testing.assert_allclose(got.numpy(), expected[:, which], atol=1e-5)
     if split == "train":  # the leak is real: without leaving out, the target always counts
         assert (expected[:, 0].max(1) > 0).any()
@@ -229,9 +300,9 @@ def test_each_product_keeps_its_most_frequent_partners(dm):
     train = dm.prepared.splits["train"]
     k = 5
     model = rib(dm, neighbours=k)
-    model.cooccurrence.fit(train)
+    model.head.cooccurrence.fit(train)
     both = brute_force_counts(session_sets(train), dm.n_items)
-    partner, count = model.cooccurrence.partner.numpy(), model.cooccurrence.count.numpy()
+    partner, count = model.head.cooccurrence.partner.numpy(), model.head.cooccurrence.count.numpy()
     for i in range(NUM_SPECIAL, dm.n_items):
         kept = count[i] > 0
         np.testing.assert_array_equal(count[i][kept], both[i, partner[i][kept]])
@@ -243,7 +314,7 @@ def test_each_product_keeps_its_most_frequent_partners(dm):
 def test_sampled_loss_with_neighbours_is_the_full_loss(dm, tied):
     batch = batch_with_a_lone_product(dm)
     model = rib(dm, tied=tied, loss="sampled", neighbours=10).eval()
-    model.cooccurrence.fit(dm.prepared.splits["train"])
+    model.head.cooccurrence.fit(dm.prepared.splits["train"])
     assert torch.allclose(*sampled_and_full_loss(model, batch), atol=1e-5)
 
 
@@ -252,8 +323,8 @@ def test_neighbours_train_reload_and_score_new_products(dm, tmp_path):
     model = rib(dm, tied=True, neighbours=10)
     trainer = L.Trainer(max_epochs=1, **QUIET)
     trainer.fit(model, datamodule=dm)  # setup fits the counts from the training split
-    assert model.cooccurrence.count.sum() > 0
-    assert not torch.equal(model.cooccurrence.weight.detach(), torch.ones(2))  # learned
+    assert model.head.cooccurrence.count.sum() > 0
+    assert not torch.equal(model.head.cooccurrence.weight.detach(), torch.ones(2))  # learned
     path = tmp_path / "model.ckpt"
     trainer.save_checkpoint(path)
     reloaded = RIB.load_from_checkpoint(path).eval()
@@ -262,11 +333,11 @@ def test_neighbours_train_reload_and_score_new_products(dm, tmp_path):
         assert torch.equal(model.eval()(batch), reloaded(batch))
 
 
-def test_neighbours_need_the_repeat_explore_head(dm):
-    from microrec.errors import ConfigError
-
-    with pytest.raises(ConfigError, match="head=repeat_explore"):
+def test_a_softmax_head_with_neighbours_is_refused_in_one_sentence(dm):
+    with pytest.raises(ConfigError) as error:
         rib(dm, head="softmax", neighbours=10)
+    assert str(error.value) == ("model.neighbours=10 scores the explore side of "
+                                "head=repeat_explore: set head=repeat_explore or neighbours=0.")
 
 
 def test_each_output_layer_row_builds_its_model_and_names_its_row(tmp_path):
@@ -289,7 +360,7 @@ def test_each_output_layer_row_builds_its_model_and_names_its_row(tmp_path):
         model = instantiate(cfg.model, **sizes)
         assert (model.hparams.head, model.hparams.tied, model.hparams.neighbours) == \
             (head, tied, neighbours)
-        assert (model.repeat is not None) == (head == "repeat_explore")
+        assert type(model.head) is (SoftmaxHead if head == "softmax" else RepeatExploreHead)
         choices = OmegaConf.create({"model": "rib", "features": "full", "attention": "on",
                                     "encoder": "gru", "head": head})
         assert row_of(choices, cfg.model) == ("full", name)

@@ -25,6 +25,7 @@ from microrec.data.batches import Examples
 from microrec.data.module import MicroDataModule
 from microrec.errors import ConfigError
 from microrec.metrics import MRR, RECALL, K
+from microrec.models.heads import RepeatExploreHead
 from microrec.models.rib import RIB
 from microrec.reports import interpret as I
 from microrec.reports.plots import (
@@ -280,12 +281,12 @@ def explain(paths: list[str], out: Path, example: int | None = None,
     index = pick_example(data, example)
     order = pl.Enum([r.label for r in runs])
     with_attention = [r for r in runs if r.model.attention is not None]
-    with_repeat = [r for r in runs if r.model.repeat is not None]
+    with_repeat = [r for r in runs if isinstance(r.model.head, RepeatExploreHead)]
     for r in runs:
         if r.model.attention is None:
             notes.append(f"{r.label}: trained with attention=off, so it has no attention "
                          "weights; it is left out of the attention_* files.")
-        if with_repeat and r.model.repeat is None:
+        if with_repeat and not isinstance(r.model.head, RepeatExploreHead):
             notes.append(f"{r.label}: trained with head=softmax, so it has no repeat attention "
                          "or gate; it is left out of the repeat_* files.")
     for note in notes:

@@ -17,7 +17,8 @@ from microrec.data import schema as S
 from microrec.data.batches import Examples
 from microrec.data.protocol import Prepared
 from microrec.metrics import MRR, RECALL, hits_and_rr, target_rank
-from microrec.models.rib import RIB, repeat_candidates
+from microrec.models.heads import RepeatExploreHead, repeat_candidates
+from microrec.models.rib import RIB
 
 # Progress goes to stderr and only to a terminal: stdout carries a script's result (explain's
 # JSON), and a transient bar still leaves a blank line behind where there is no terminal.
@@ -162,7 +163,7 @@ def scan(model: RIB, data: Examples, run: str, batch_size: int = 512) -> Scan:
         if model.attention is not None:
             frames["tokens"].append(token_frame(idx, batch, attention(model, batch),
                                                 batch["item"] != S.PAD, LENGTH))
-        if model.repeat is not None:
+        if isinstance(model.head, RepeatExploreHead):
             out = repeat(model, batch)
             gates.append(out["gate"])  # (B,)
             frames["repeat"].append(token_frame(idx, batch, out["repeat"], candidate,
