@@ -279,43 +279,15 @@ def explain(paths: list[str], out: Path, example: int | None = None,
     dm = runs[0].dm
     data, name = dm.dataset("test"), dm.source.name
     index = pick_example(data, example)
-    order = pl.Enum([r.label for r in runs])
-    with_attention = [r for r in runs if r.model.attention is not None]
-    with_repeat = [r for r in runs if isinstance(r.model.head, RepeatExploreHead)]
-    for r in runs:
-        if r.model.attention is None:
-            notes.append(f"{r.label}: trained with attention=off, so it has no attention "
-                         "weights; it is left out of the attention_* files.")
-        if with_repeat and not isinstance(r.model.head, RepeatExploreHead):
-            notes.append(f"{r.label}: trained with head=softmax, so it has no repeat attention "
-                         "or gate; it is left out of the repeat_* files.")
+    notes += left_out(runs)
     for note in notes:
         log.warning("%s", note)
-
+    order = pl.Enum([r.label for r in runs])
     scans = [I.scan(r.model, data, r.label, dm.eval_batch_size) for r in runs]
     tokens, examples, repeats, products = (  # each stacked over the runs
         pl.concat(frames).with_columns(pl.col(I.RUN).cast(order))
         for frames in zip(*scans, strict=True))
-    figures = {}  # file name -> (table, picture)
-    if with_attention:
-        figures["attention_example"] = attention_example(with_attention, dm, index)
-        figures["attention_by_activity"] = by_activity(tokens, dm)
-        figures["attention_by_dwell"] = by_dwell(tokens, dm)
-    else:
-        log.warning("no run has attention: no attention_* file is written")
-    if with_repeat:
-        figures["repeat_example"] = repeat_example(with_repeat, dm, index)
-        figures["repeat_by_activity"] = by_activity(repeats, dm, "repeat")
-        figures["repeat_by_dwell"] = by_dwell(repeats, dm, "repeat")
-    if with_repeat and examples[I.IS_REPEAT].any():
-        figures["repeat_by_last_activity"] = repeat_by_last_activity(products, dm)
-        figures["repeat_gate"] = repeat_gate(examples, products, name)
-    elif with_repeat:
-        notes.append("no test example's next product is in its input, so "
-                     "repeat_by_last_activity and repeat_gate are not written.")
-        log.warning("%s", notes[-1])
-    figures["metrics_by_length"] = metrics_by_length(examples, [r.label for r in runs],
-                                                     name)
+    figures = draw(runs, dm, index, tokens, examples, repeats, products, notes)
 
     images = {}
     for key, (table, picture) in figures.items():
@@ -340,3 +312,50 @@ def explain(paths: list[str], out: Path, example: int | None = None,
                      job_type="explain", tags=[f"data={name}"],
                      config={"runs": [str(r.dir) for r in runs], "example": index})
     return summary
+
+
+def has_repeat_head(run: Run) -> bool:
+    return isinstance(run.model.head, RepeatExploreHead)
+
+
+def left_out(runs: list[Run]) -> list[str]:
+    """A note for each run that some figures leave out, and why."""
+    notes = []
+    repeat = any(has_repeat_head(r) for r in runs)
+    for r in runs:
+        if r.model.attention is None:
+            notes.append(f"{r.label}: trained with attention=off, so it has no attention "
+                         "weights; it is left out of the attention_* files.")
+        if repeat and not has_repeat_head(r):
+            notes.append(f"{r.label}: trained with head=softmax, so it has no repeat attention "
+                         "or gate; it is left out of the repeat_* files.")
+    return notes
+
+
+def draw(runs: list[Run], dm, index: int, tokens: pl.DataFrame, examples: pl.DataFrame,
+         repeats: pl.DataFrame, products: pl.DataFrame, notes: list[str]) -> dict:
+    """Every figure the runs allow: file name -> (table, picture); a figure no run allows
+    adds a note."""
+    name = dm.source.name
+    with_attention = [r for r in runs if r.model.attention is not None]
+    with_repeat = [r for r in runs if has_repeat_head(r)]
+    figures = {}
+    if with_attention:
+        figures["attention_example"] = attention_example(with_attention, dm, index)
+        figures["attention_by_activity"] = by_activity(tokens, dm)
+        figures["attention_by_dwell"] = by_dwell(tokens, dm)
+    else:
+        log.warning("no run has attention: no attention_* file is written")
+    if with_repeat:
+        figures["repeat_example"] = repeat_example(with_repeat, dm, index)
+        figures["repeat_by_activity"] = by_activity(repeats, dm, "repeat")
+        figures["repeat_by_dwell"] = by_dwell(repeats, dm, "repeat")
+    if with_repeat and examples[I.IS_REPEAT].any():
+        figures["repeat_by_last_activity"] = repeat_by_last_activity(products, dm)
+        figures["repeat_gate"] = repeat_gate(examples, products, name)
+    elif with_repeat:
+        notes.append("no test example's next product is in its input, so "
+                     "repeat_by_last_activity and repeat_gate are not written.")
+        log.warning("%s", notes[-1])
+    figures["metrics_by_length"] = metrics_by_length(examples, [r.label for r in runs], name)
+    return figures
