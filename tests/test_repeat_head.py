@@ -294,12 +294,3 @@ def test_each_output_layer_row_builds_its_model_and_names_its_row(tmp_path):
                                     "encoder": "gru", "head": head})
         assert row_of(choices, cfg.model) == ("full", name)
         assert name in MODEL_ORDER
-    # the study tunes the model the tuned rows run: same head, tied and neighbours
-    study = compose_cfg(tmp_path, ["hparams_search=rib"], tiny=False)
-    assert (study.head.name, study.model.tied, study.model.neighbours) == \
-        ("repeat_explore", True, 100)
-    for features in ("sku", "sku_act", "sku_dwell", "full"):
-        row = "rib_tuned" if features == "full" else f"rib_tuned_{features}"
-        cfg = compose_cfg(tmp_path, [f"+row={row}", "data=jd_computers"], tiny=False)
-        assert (cfg.head.name, cfg.model.tied, cfg.model.neighbours, cfg.features.name) == \
-            ("repeat_explore", True, 100, features)

@@ -84,6 +84,24 @@ def test_every_search_has_a_tuned_row_in_experiment_tuned_and_in_the_table():
         assert MODEL_ORDER.index(untuned[1]) < MODEL_ORDER.index(model)
 
 
+def test_the_rib_study_and_its_tuned_rows_compose_the_output_layer_it_holds_fixed():
+    """conf/tuning/rib_fixed.yaml is the one place that fixes the tuned RIB's output layer:
+    the study and every rib_tuned* row compose with its head, tied and neighbours."""
+    fixed = OmegaConf.load(ROOT / "conf" / "tuning" / "rib_fixed.yaml")
+    assert list(fixed.defaults) == [{"override /head": "repeat_explore"}]
+    assert (fixed.model.tied, fixed.model.neighbours) == (True, 100)
+    jobs = {"hparams_search=rib": "full", "+row=rib_tuned": "full",
+            **{f"+row=rib_tuned_{f}": f for f in ("sku", "sku_act", "sku_dwell")}}
+    assert {f"+row={p.stem}" for p in (ROOT / "conf" / "row").glob("rib_tuned*.yaml")} == \
+        set(jobs) - {"hparams_search=rib"}
+    for job, features in jobs.items():
+        cfg = compose_job([job, "data=jd_computers"])
+        assert (cfg.hydra.runtime.choices.head, cfg.head.name, cfg.model.head) == \
+            ("repeat_explore",) * 3, job
+        assert (cfg.model.tied, cfg.model.neighbours) == (True, 100), job
+        assert (cfg.features.name, cfg.hydra.runtime.choices.model) == (features, "rib"), job
+
+
 def test_a_missing_tuned_config_is_one_sentence_before_any_data_is_read(tmp_path):
     # no study has been kept for OTTO (conf/tuned/ holds the JD samples' only)
     assert not (ROOT / "conf" / "tuned" / "narm" / "otto.yaml").exists()
