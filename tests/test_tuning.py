@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 
 from microrec.errors import ConfigError
 from microrec.runs import HYDRA, job_folders
-from microrec.table import MODEL_ORDER, row_of
+from microrec.table import row_of
 from microrec.training import train
 from microrec.tuning import check_tuned, keep_best
 
@@ -74,14 +74,15 @@ def test_every_search_has_a_tuned_row_in_experiment_tuned_and_in_the_table():
     rows = params.row.split(",")
     assert {f"{name}_tuned" for name in SEARCHES} <= set(rows)
     assert {"stan", "rib_tuned_sku", "rib_tuned_sku_act", "rib_tuned_sku_dwell"} <= set(rows)
+    untuned_rows = {"rib": "rib_re_tied_nb_full", "narm": "narm_sku", "sasrec": "sasrec_sku",
+                    "repeatnet": "repeatnet_sku", "gru4rec": "gru4rec"}  # the same settings
     for name in SEARCHES:
+        untuned = compose_job([f"+row={untuned_rows[name]}", "data=jd_computers"])
         cfg = compose_job([f"+row={name}_tuned", "data=jd_computers"])
         assert cfg.hydra.runtime.choices.tuned == f"{name}/jd_computers"
-        data_type, model = row_of(cfg.hydra.runtime.choices, cfg.model)
-        untuned = row_of(OmegaConf.create({**cfg.hydra.runtime.choices, "tuned": None}),
-                         cfg.model)
-        assert (data_type, model) == (untuned[0], untuned[1] + " (tuned)")
-        assert MODEL_ORDER.index(untuned[1]) < MODEL_ORDER.index(model)
+        data_type, model = row_of(cfg)
+        assert (data_type, model) == (row_of(untuned)[0], row_of(untuned)[1] + " (tuned)")
+        assert untuned.table.order < cfg.table.order
 
 
 def test_the_rib_study_and_its_tuned_rows_compose_the_output_layer_it_holds_fixed():
@@ -210,7 +211,7 @@ def test_a_study_keeps_its_best_trial_as_a_config_that_a_tuned_row_loads(study, 
         assert str(OmegaConf.select(cfg, key)) == value
     assert cfg.model._target_ == "microrec.models.narm.NARM" and cfg.test
     assert cfg.tuned.objective == best_metrics["val/mrr@20"]
-    assert row_of(cfg.hydra.runtime.choices) == ("sku", "NARM (tuned)")
+    assert row_of(cfg) == ("sku", "NARM (tuned)")
     check_tuned(cfg.tuned, "synthetic")  # found: no error
 
 
