@@ -274,6 +274,22 @@ def test_a_run_is_named_by_what_it_ran_with_with_or_without_a_row(overrides, row
     assert row_of(cfg) == row
 
 
+RIB_GROUPS = [(group, p.stem) for group in ("encoder", "attention", "head")
+              for p in sorted((ROOT / "conf" / group).glob("*.yaml"))]
+RIB_NAMES = {"lstm": "RIB (LSTM)", "rnn": "RIB (RNN)", "off": "RIB w/o attention",
+             "repeat_explore": "RIB (repeat-explore)"}  # the others: the paper's RIB
+
+
+@pytest.mark.parametrize("group, option", RIB_GROUPS)
+def test_every_option_of_ribs_groups_says_how_the_table_names_it(group, option):
+    """RIB's label reads `label` from its encoder, attention and head: without one, its
+    runs' rows could not be read (and a run with a logger would stop logging its config)."""
+    assert "label" in OmegaConf.load(ROOT / "conf" / group / f"{option}.yaml")
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=[f"{group}={option}"])
+    assert row_of(cfg) == ("full", RIB_NAMES.get(option, "RIB"))
+
+
 def run_results(*args, cwd=ROOT):
     """src/results.py as a user runs it."""
     return subprocess.run([sys.executable, str(ROOT / "src" / "results.py"), *map(str, args)],
