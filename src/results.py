@@ -4,8 +4,9 @@
     python src/results.py outputs/multirun/A outputs/multirun/B --logger wandb
     python src/results.py --breakdown --against full/RIB
 
-A job is a folder with `.hydra/`; its Hydra choices (data, model, features, attention,
-encoder) place it in the table and its `metrics.json` gives test Recall@20 and MRR@20.
+A job is a folder with `.hydra/`; its saved config's `table` node (label, data type, order)
+and its `data` choice place it in the table and its `metrics.json` gives test Recall@20 and
+MRR@20.
 Jobs of the same data set and row are runs of one cell (seeds, and data splits swept with
 data.seed): the cell shows their mean and, with several, their sample standard deviation;
 a non-baseline row also shows the relative improvement of its mean over the best

@@ -9,7 +9,6 @@ import pytorch_lightning as L
 import torch
 import torch.nn.functional as F
 from conftest import compose_cfg
-from omegaconf import OmegaConf
 
 from microrec.data.module import MicroDataModule
 from microrec.data.schema import FEATURES, NUM_SPECIAL, PAD
@@ -177,7 +176,7 @@ def test_configs_build_each_peer_and_tag_only_the_groups_it_uses(tmp_path):
     assert type(model) is RIB and model.attention is None
     assert (model.hparams.features, model.hparams.init, model.hparams.encoder) == \
         ("sku", "random", "gru")
-    rows = {name: row_of(OmegaConf.create({"model": name, "features": "full"}))
+    rows = {name: row_of(compose_cfg(tmp_path, [f"model={name}", "features=full"], tiny=False))
             for name in (*MODELS, "gru4rec")}
     assert rows == {"narm": ("full", "NARM"), "sasrec": ("full", "SASRec"),
                     "repeatnet": ("full", "RepeatNet"), "gru4rec": ("full", "GRU4Rec")}

@@ -1,6 +1,7 @@
 """experiment=table3 as Hydra's basic sweeper expands it, and Table 3 from hand-made jobs."""
 
 import csv
+import functools
 import json
 import os
 import re
@@ -19,7 +20,7 @@ from omegaconf import OmegaConf
 
 from microrec.data.schema import FEATURES
 from microrec.errors import ConfigError, DataError
-from microrec.reports.results import row_of, table3
+from microrec.reports.results import METRICS, row_of, table3
 from microrec.runs import predictions
 from microrec.runs.folders import latest_multirun
 from microrec.runs.naming import job_label
@@ -89,7 +90,7 @@ def test_peers_is_every_peer_beside_the_papers_baselines_and_rib_on_sku_and_full
         cfg = hydra_job(overrides)
         choices = cfg.hydra.runtime.choices
         rows[choices.row] = (cfg.model._target_.rsplit(".", 1)[-1], cfg.features.name,
-                             row_of(choices))
+                             row_of(cfg))
     fitted = {"repeat": "Repeat", "sknn": "SessionKNN", "vsknn": "VSKNN", "stan": "STAN"}
     for name, cls in fitted.items():
         assert rows[name][:2] == (cls, "sku")
@@ -108,17 +109,28 @@ def test_one_row_of_table3_can_be_run_alone():
                     ["row=rib_full", "experiment=table3"]]
 
 
+@functools.cache
+def table_row(model: str, features: str, attention: str | None) -> dict:
+    """The `table` node that a job of this model, features and attention saves, resolved."""
+    overrides = [f"model={model}", f"features={features}"]
+    overrides += [f"attention={attention}"] if attention else []
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return OmegaConf.to_container(compose("train", overrides=overrides).table, resolve=True)
+
+
 def make_job(folder, name, data, model, seed, metrics=None, features="sku", attention=None,
              n_sessions=1000, data_seed=0, ranks=None):
-    """A job folder as train.py leaves it (only what results.py reads); with `ranks`, a
-    predictions.parquet of those test ranks and the metrics they give."""
+    """A job folder as train.py leaves it (only what results.py reads: its row is the real
+    config's); with `ranks`, a predictions.parquet of those test ranks and the metrics they
+    give."""
     job = folder / name
     (job / ".hydra").mkdir(parents=True)
     choices = {"data": data, "model": model, "features": features, "attention": attention,
                "encoder": "gru" if model == "rib" else None}
     OmegaConf.save({"hydra": {"runtime": {"choices": choices}}}, job / ".hydra" / "hydra.yaml")
     OmegaConf.save({"seed": seed, "data": {"source": {"n_sessions": n_sessions},
-                                           "features": "${features.name}", "seed": data_seed}},
+                                           "features": "${features.name}", "seed": data_seed},
+                    "table": table_row(model, features, attention), "tuned": None},
                    job / ".hydra" / "config.yaml")
     if ranks is not None:
         n = len(ranks)
@@ -189,6 +201,95 @@ def test_results_lays_out_table3_with_seeds_gains_and_failed_jobs(multiruns):
     assert not list(synthetic.glob(".*.tmp"))
 
 
+def save_job(folder, name, overrides, metrics, conf=None):
+    """A job folder as train.py leaves it for `overrides` (its config unresolved, as Hydra
+    saves it), with a search path for configs a test adds under `conf`."""
+    extra = [f"hydra.searchpath=[file://{conf}]"] if conf else []
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=[*overrides, *extra], return_hydra_config=True)
+    job = folder / name
+    (job / ".hydra").mkdir(parents=True)
+    choices = OmegaConf.to_container(cfg.hydra.runtime.choices)
+    OmegaConf.save({"hydra": {"runtime": {"choices": choices}}}, job / ".hydra" / "hydra.yaml")
+    OmegaConf.save(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]),
+                   job / ".hydra" / "config.yaml")
+    (job / "metrics.json").write_text(json.dumps(dict(zip(METRICS, metrics, strict=True))))
+
+
+NEW_ROW = """\
+# @package _global_
+# A row someone adds: NARM with a smaller GRU, on dwell times, between RIB's two rows
+defaults:
+  - override /model: narm
+  - override /features: sku_dwell
+
+model:
+  hidden_size: 32
+
+table:
+  label: NARM-32
+  section: sku_dwell
+  order: 185
+"""
+
+
+def test_a_new_row_yaml_puts_its_jobs_where_its_table_node_says(tmp_path):
+    """A row is its yaml alone: results.py reads its label, data type and order from each
+    job's saved config, with no list in the code to extend."""
+    (tmp_path / "conf" / "row").mkdir(parents=True)
+    (tmp_path / "conf" / "row" / "narm_32.yaml").write_text(NEW_ROW)
+    folder = tmp_path / "multirun"
+    for i, (row, metrics) in enumerate({"narm_32": (0.30, 0.20), "rib_sku_dwell": (0.40, 0.30),
+                                        "rib_noatt_sku_dwell": (0.20, 0.10),
+                                        "pop": (0.10, 0.05)}.items()):
+        save_job(folder, f"{i}_row={row}", [f"+row={row}"], metrics, conf=tmp_path / "conf")
+    text = table3([folder], resamples=200)
+    assert [(r["data type"], r["model"]) for r in read_csv(folder).values()] == [
+        ("SKU", "POP"), ("SKU+Dwell", "RIB w/o attention"), ("SKU+Dwell", "NARM-32"),
+        ("SKU+Dwell", "RIB")]
+    assert "|  | NARM-32 | 0.3000 (+200.0%) | 0.2000 (+300.0%) |" in text  # not a baseline
+    saved = OmegaConf.load(folder / "0_row=narm_32" / ".hydra" / "config.yaml")
+    assert saved.model.hidden_size == 32 and saved.table.order == 185
+
+
+@pytest.mark.parametrize("overrides, row", [
+    ([], ("full", "RIB")),
+    (["features=sku", "attention=off"], ("sku", "RIB w/o attention")),
+    (["encoder=lstm"], ("full", "RIB (LSTM)")),
+    (["head=repeat_explore", "model.tied=true"], ("full", "RIB (repeat-explore, tied)")),
+    (["encoder=rnn", "attention=off", "head=repeat_explore", "model.tied=true",
+      "model.neighbours=100", "data=jd_computers", "tuned=rib/jd_computers"],
+     ("full", "RIB w/o attention (RNN, repeat-explore, tied, neighbours) (tuned)")),
+    (["+row=rib_full", "encoder=lstm"], ("full", "RIB (LSTM)")),  # a row and an option
+    (["experiment=tuned", "row=rib_tuned_sku", "data=jd_computers", "attention=off"],
+     ("sku", "RIB w/o attention (repeat-explore, tied, neighbours) (tuned)")),
+    (["model=gru4rec", "encoder=lstm"], ("sku", "GRU4Rec")),  # a model of its own
+    (["model=narm", "features=full", "data=jd_computers", "tuned=narm/jd_computers"],
+     ("full", "NARM (tuned)")),
+    (["model=stan", "features=full"], ("sku", "STAN")),  # a baseline reads products only
+])
+def test_a_run_is_named_by_what_it_ran_with_with_or_without_a_row(overrides, row):
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=overrides)
+    assert row_of(cfg) == row
+
+
+RIB_GROUPS = [(group, p.stem) for group in ("encoder", "attention", "head")
+              for p in sorted((ROOT / "conf" / group).glob("*.yaml"))]
+RIB_NAMES = {"lstm": "RIB (LSTM)", "rnn": "RIB (RNN)", "off": "RIB w/o attention",
+             "repeat_explore": "RIB (repeat-explore)"}  # the others: the paper's RIB
+
+
+@pytest.mark.parametrize("group, option", RIB_GROUPS)
+def test_every_option_of_ribs_groups_says_how_the_table_names_it(group, option):
+    """RIB's label reads `label` from its encoder, attention and head: without one, its
+    runs' rows could not be read (and a run with a logger would stop logging its config)."""
+    assert "label" in OmegaConf.load(ROOT / "conf" / group / f"{option}.yaml")
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=[f"{group}={option}"])
+    assert row_of(cfg) == ("full", RIB_NAMES.get(option, "RIB"))
+
+
 def run_results(*args, cwd=ROOT):
     """src/results.py as a user runs it."""
     return subprocess.run([sys.executable, str(ROOT / "src" / "results.py"), *map(str, args)],
@@ -243,6 +344,9 @@ def test_results_logs_a_wandb_table_offline(multiruns, monkeypatch):
     ("two settings", "both use data=synthetic but with different data settings"),
     ("untested", "0_x/metrics.json has no test/recall@20: that job never ran on test "
                  "(test=false, as in a tuning sweep); pass multiruns of tested runs."),
+    ("before rows", "0_x was made before rows carried their table labels (its "
+                    ".hydra/config.yaml has no `table` node); run it again."),
+    ("bad order", "0_x/.hydra/config.yaml: table.order=first is not a number."),
 ])
 def test_bad_input_is_one_sentence(tmp_path, case, message):
     one, two = tmp_path / "a", tmp_path / "b"
@@ -252,12 +356,21 @@ def test_bad_input_is_one_sentence(tmp_path, case, message):
         make_job(one, "0_x", "synthetic", "pop", 0)
     if case == "untested":  # a tuning trial's metrics.json
         (one / "0_x" / "metrics.json").write_text(json.dumps({"val/mrr@20": 0.1}))
+    if case in ("before rows", "bad order"):  # a job saved before rows had a `table` node
+        make_job(one, "0_x", "synthetic", "pop", 0, (0.1, 0.1))
+        saved = one / "0_x" / ".hydra" / "config.yaml"
+        config = OmegaConf.load(saved)
+        if case == "bad order":
+            config.table.order = "first"
+        else:
+            del config["table"]
+        OmegaConf.save(config, saved)
     if case in ("seed twice", "two settings"):
         make_job(one, "0_x", "synthetic", "pop", 0, (0.1, 0.1))
         make_job(two, "0_x", "synthetic", "pop", 0 if case == "seed twice" else 1, (0.1, 0.1),
                  n_sessions=1000 if case == "seed twice" else 500)
     folders = {"missing": [tmp_path / "nowhere"], "empty": [one], "all failed": [one],
-               "untested": [one]}.get(
+               "untested": [one], "before rows": [one], "bad order": [one]}.get(
         case, [one, two])
     with pytest.raises(ConfigError, match=re.escape(message)):
         table3(folders)

@@ -17,7 +17,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 
 from microrec.errors import ConfigError
-from microrec.reports.results import MODEL_ORDER, row_of
+from microrec.reports.results import row_of
 from microrec.runs.folders import HYDRA, job_folders
 from microrec.runs.train import train
 from microrec.runs.tune import check_tuned, keep_best
@@ -74,14 +74,33 @@ def test_every_search_has_a_tuned_row_in_experiment_tuned_and_in_the_table():
     rows = params.row.split(",")
     assert {f"{name}_tuned" for name in SEARCHES} <= set(rows)
     assert {"stan", "rib_tuned_sku", "rib_tuned_sku_act", "rib_tuned_sku_dwell"} <= set(rows)
+    untuned_rows = {"rib": "rib_re_tied_nb_full", "narm": "narm_sku", "sasrec": "sasrec_sku",
+                    "repeatnet": "repeatnet_sku", "gru4rec": "gru4rec"}  # the same settings
     for name in SEARCHES:
+        untuned = compose_job([f"+row={untuned_rows[name]}", "data=jd_computers"])
         cfg = compose_job([f"+row={name}_tuned", "data=jd_computers"])
         assert cfg.hydra.runtime.choices.tuned == f"{name}/jd_computers"
-        data_type, model = row_of(cfg.hydra.runtime.choices, cfg.model)
-        untuned = row_of(OmegaConf.create({**cfg.hydra.runtime.choices, "tuned": None}),
-                         cfg.model)
-        assert (data_type, model) == (untuned[0], untuned[1] + " (tuned)")
-        assert MODEL_ORDER.index(untuned[1]) < MODEL_ORDER.index(model)
+        data_type, model = row_of(cfg)
+        assert (data_type, model) == (row_of(untuned)[0], row_of(untuned)[1] + " (tuned)")
+        assert untuned.table.order < cfg.table.order
+
+
+def test_the_rib_study_and_its_tuned_rows_compose_the_output_layer_it_holds_fixed():
+    """conf/tuning/rib_fixed.yaml is the one place that fixes the tuned RIB's output layer:
+    the study and every rib_tuned* row compose with its head, tied and neighbours."""
+    fixed = OmegaConf.load(ROOT / "conf" / "tuning" / "rib_fixed.yaml")
+    assert list(fixed.defaults) == [{"override /head": "repeat_explore"}]
+    assert (fixed.model.tied, fixed.model.neighbours) == (True, 100)
+    jobs = {"hparams_search=rib": "full", "+row=rib_tuned": "full",
+            **{f"+row=rib_tuned_{f}": f for f in ("sku", "sku_act", "sku_dwell")}}
+    assert {f"+row={p.stem}" for p in (ROOT / "conf" / "row").glob("rib_tuned*.yaml")} == \
+        set(jobs) - {"hparams_search=rib"}
+    for job, features in jobs.items():
+        cfg = compose_job([job, "data=jd_computers"])
+        assert (cfg.hydra.runtime.choices.head, cfg.head.name, cfg.model.head) == \
+            ("repeat_explore",) * 3, job
+        assert (cfg.model.tied, cfg.model.neighbours) == (True, 100), job
+        assert (cfg.features.name, cfg.hydra.runtime.choices.model) == (features, "rib"), job
 
 
 def test_a_missing_tuned_config_is_one_sentence_before_any_data_is_read(tmp_path):
@@ -192,7 +211,7 @@ def test_a_study_keeps_its_best_trial_as_a_config_that_a_tuned_row_loads(study, 
         assert str(OmegaConf.select(cfg, key)) == value
     assert cfg.model._target_ == "microrec.models.narm.NARM" and cfg.test
     assert cfg.tuned.objective == best_metrics["val/mrr@20"]
-    assert row_of(cfg.hydra.runtime.choices) == ("sku", "NARM (tuned)")
+    assert row_of(cfg) == ("sku", "NARM (tuned)")
     check_tuned(cfg.tuned, "synthetic")  # found: no error
 
 

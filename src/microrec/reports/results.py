@@ -1,13 +1,15 @@
 """The paper's Table 3 from multirun jobs: Markdown, CSV and a W&B Table.
 
-A job's Hydra choices (data, model, features, attention, encoder) place it in the table and
-its `metrics.json` gives test Recall@20 and MRR@20. Jobs of the same data set and row are
-repetitions of one cell, over seeds (`seed`) and data splits (`data.seed`): the cell shows
-their mean and, with several, their sample standard deviation; a non-baseline row also
-shows the relative improvement of its mean over the best baseline's mean on that data set.
-Where the jobs left `predictions.parquet`, every row is also compared with the best
-baseline (or a chosen row) on the same test examples (microrec/significance.py), and
-optionally broken down into repeat and new targets.
+A job's saved config places it in the table: its `table` node (conf/model/*.yaml, changed
+by conf/row/*.yaml) gives its row's label, data type (`section`) and `order`, its Hydra
+`data` choice the column; its `metrics.json` gives test Recall@20 and MRR@20. Jobs of the
+same data set and row are repetitions of one cell, over seeds (`seed`) and data splits
+(`data.seed`): the cell shows their mean and, with several, their sample standard
+deviation; a row that is not a baseline (`table.baseline`) also shows the relative
+improvement of its mean over the best baseline's mean on that data set. Where the jobs left
+`predictions.parquet`, every row is also compared with the best baseline (or a chosen row)
+on the same test examples (microrec/significance.py), and optionally broken down into
+repeat and new targets.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from microrec.data.schema import FEATURE_LABELS
 from microrec.errors import ConfigError
@@ -35,57 +38,53 @@ from microrec.runs.folders import (
 from microrec.runs.tracking import log_run, wandb_group
 
 METRICS = {"test/recall@20": "Recall@20", "test/mrr@20": "MRR@20"}
-# The paper's baselines, then the session-based peers fitted from data
-BASELINES = {"pop": "POP", "bpr_mf": "BPR-MF", "item_knn": "Item-KNN", "word2vec": "Word2vec",
-             "word2vec_avg": "Word2vec Avg", "repeat": "Repeat", "sknn": "S-KNN",
-             "vsknn": "V-SKNN", "stan": "STAN"}
-# neural peers read any feature variant: a row under each data type they were run with
-NEURAL_PEERS = {"narm": "NARM", "sasrec": "SASRec", "repeatnet": "RepeatNet", "gru4rec": "GRU4Rec"}
-# a `*_tuned` row (conf/row/): the model with its Optuna study's best hyperparameters
+# a run with the hyperparameters of an Optuna study (its `tuned` node: conf/tuned/)
 TUNED = " (tuned)"
-# RIB's output-layer options, each an ablation row of its own
-RIB_HEADS = ["RIB (tied)", "RIB (repeat-explore)", "RIB (repeat-explore, tied)",
-             "RIB (repeat-explore, tied, neighbours)"]
-MODEL_ORDER = [*BASELINES.values(), *NEURAL_PEERS.values(),
-               *(name + TUNED for name in NEURAL_PEERS.values()), "RIB w/o attention", "RIB",
-               "RIB" + TUNED, *RIB_HEADS, *(name + TUNED for name in RIB_HEADS)]
 
 
 @dataclass
 class Job:
     folder: Path
     data: str  # the data set: Hydra's `data` choice
-    data_type: str  # a feature variant (schema.FEATURE_LABELS)
-    model: str  # the row's model, as the table names it
+    data_type: str  # the row's section: a feature variant (schema.FEATURE_LABELS)
+    model: str  # the row's label
+    order: float  # where the row goes among its data type's rows
+    baseline: bool  # the other rows are compared with the best baseline
     seed: int
     data_seed: int  # `data.seed`: which random split of the data set
     data_config: dict  # the composed `data` node but its seed: one setting per data set
     metrics: dict | None  # None: no metrics.json, the job failed or is unfinished
 
 
-def row_of(choices, model=None) -> tuple[str, str]:
-    """(data type, model name) of a job from its Hydra choices and, for RIB's output-layer
-    options (`model.tied`, `model.neighbours`), its model config."""
-    data_type, name = _row_of(choices, model or {})
-    return data_type, name + (TUNED if choices.get("tuned") else "")
+def row_of(config) -> tuple[str, str]:
+    """(data type, label) of a job's row from its composed config's `table` node.
+
+    The label is `table.label`, then in parentheses the `table.options` that are set (a
+    text as it is, a true or nonzero value by its key), then " (tuned)" for a run with
+    a study's hyperparameters: e.g. "RIB w/o attention (LSTM, tied) (tuned)".
+    """
+    table = config.table
+    shown = [value if isinstance(value, str) else key
+             for key, value in (table.get("options") or {}).items() if value]
+    label = table.label + (f" ({', '.join(shown)})" if shown else "")
+    return table.section, label + (TUNED if config.get("tuned") else "")
 
 
-def _row_of(choices, model) -> tuple[str, str]:
-    if choices.model in BASELINES:
-        return "sku", BASELINES[choices.model]  # baselines read products only
-    if choices.model in NEURAL_PEERS:
-        return choices.features, NEURAL_PEERS[choices.model]
-    if choices.model != "rib":
-        return choices.features, choices.model
-    name = "RIB" if choices.get("attention") == "on" else "RIB w/o attention"
-    options = [choices.encoder.upper()] if choices.get("encoder") not in (None, "gru") else []
-    if choices.get("head") == "repeat_explore":
-        options.append("repeat-explore")
-    if model.get("tied"):
-        options.append("tied")
-    if model.get("neighbours"):
-        options.append("neighbours")
-    return choices.features, name + (f" ({', '.join(options)})" if options else "")
+def read_row(job: Path, config) -> tuple[str, str, float, bool]:
+    """A job's row from its saved config: data type, label, order and whether it is a
+    baseline; one sentence for a job saved without a `table` node or with a wrong one."""
+    if config.get("table") is None:
+        raise ConfigError(f"{job} was made before rows carried their table labels (its "
+                          f"{CONFIG} has no `table` node); run it again.")
+    try:
+        data_type, label = row_of(config)
+        order, baseline = config.table.order, config.table.get("baseline", False)
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"{job / CONFIG}: its `table` node cannot be read "
+                          f"({' '.join(str(e).split())}).") from None
+    if isinstance(order, bool) or not isinstance(order, int | float):
+        raise ConfigError(f"{job / CONFIG}: table.order={order} is not a number.")
+    return data_type, label, order, bool(baseline)
 
 
 def read_jobs(folders: list[Path]) -> list[Job]:
@@ -94,7 +93,7 @@ def read_jobs(folders: list[Path]) -> list[Job]:
     for job in (job for folder in folders for job in job_folders(folder)):
         choices = OmegaConf.load(job / HYDRA).hydra.runtime.choices
         config = OmegaConf.load(job / CONFIG)
-        data_type, model = row_of(choices, config.get("model"))
+        row = read_row(job, config)
         data = OmegaConf.to_container(config.data)
         data_seed = int(data.pop("seed", 0))  # splits of one data set are repetitions
         metrics = read_metrics(job)
@@ -102,8 +101,7 @@ def read_jobs(folders: list[Path]) -> list[Job]:
             raise ConfigError(f"{job / METRICS_FILE} has no {untested[0]}: that job never ran "
                               "on test (test=false, as in a tuning sweep); pass multiruns of "
                               "tested runs.")
-        jobs.append(Job(job, choices.data, data_type, model, int(config.seed), data_seed,
-                        data, metrics))
+        jobs.append(Job(job, choices.data, *row, int(config.seed), data_seed, data, metrics))
     return jobs
 
 
@@ -142,12 +140,16 @@ class Cell:
         return f"{self.runs} runs over {seeds} and {self.splits} splits"
 
 
-def row_order(rows) -> list[tuple[str, str]]:
-    """Rows (data type, model) in the paper's order."""
+def row_order(jobs: list[Job]) -> list[tuple[str, str]]:
+    """The jobs' rows (data type, model) in the paper's order: by data type, then by each
+    row's `table.order` (the smallest its jobs give), then by label."""
     variants = list(FEATURE_LABELS)
-    return sorted(rows, key=lambda r: (
-        variants.index(r[0]) if r[0] in variants else len(variants), r[0],
-        MODEL_ORDER.index(r[1]) if r[1] in MODEL_ORDER else len(MODEL_ORDER), r[1]))
+    order = {}
+    for j in jobs:
+        row = (j.data_type, j.model)
+        order[row] = min(order.get(row, j.order), j.order)
+    return sorted(order, key=lambda r: (
+        variants.index(r[0]) if r[0] in variants else len(variants), r[0], order[r], r[1]))
 
 
 def row_name(row: tuple[str, str]) -> str:
@@ -159,7 +161,7 @@ def summarise(jobs: list[Job]) -> tuple[list[str], list[tuple[str, str]], dict]:
     """Data sets (columns), rows (data type, model) in the paper's order, and the cells by
     (row, data set, metric)."""
     datasets = list(dict.fromkeys(j.data for j in jobs))
-    rows = row_order({(j.data_type, j.model) for j in jobs})
+    rows = row_order(jobs)
     runs = group_runs(jobs)
     best = best_baselines(runs)
     cells = {}
@@ -167,7 +169,7 @@ def summarise(jobs: list[Job]) -> tuple[list[str], list[tuple[str, str]], dict]:
         for metric in METRICS:
             v = [j.metrics[metric] for j in cell_jobs]
             mean = statistics.mean(v)
-            top = None if row[1] in BASELINES.values() else best.get((ds, metric), (0, None))[0]
+            top = None if is_baseline(cell_jobs) else best.get((ds, metric), (0, None))[0]
             cells[row, ds, metric] = Cell(
                 mean, statistics.stdev(v) if len(v) > 1 else None,
                 100 * (mean / top - 1) if top else None, len({j.seed for j in cell_jobs}),
@@ -183,11 +185,16 @@ def group_runs(jobs: list[Job]) -> dict[tuple, list[Job]]:
     return runs
 
 
+def is_baseline(cell_jobs: list[Job]) -> bool:
+    """Whether a cell's row is a baseline (`table.baseline`)."""
+    return any(j.baseline for j in cell_jobs)
+
+
 def best_baselines(runs: dict) -> dict:
     """(data set, metric) -> (mean, row) of the baseline with the best mean there."""
     best = {}
     for (row, ds), cell_jobs in sorted(runs.items()):
-        if row[1] not in BASELINES.values():
+        if not is_baseline(cell_jobs):
             continue
         for metric in METRICS:
             mean = statistics.mean(j.metrics[metric] for j in cell_jobs)
