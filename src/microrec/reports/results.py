@@ -2,13 +2,13 @@
 
 A job's saved config places it in the table: its `table` node (conf/model/*.yaml, changed
 by conf/row/*.yaml) gives its row's label, data type (`section`) and `order`, its Hydra
-`data` choice the column; its `metrics.json` gives test Recall@20 and MRR@20. Jobs of the
-same data set and row are repetitions of one cell, over seeds (`seed`) and data splits
-(`data.seed`): the cell shows their mean and, with several, their sample standard
-deviation; a row that is not a baseline (`table.baseline`) also shows the relative
+`data` choice the column; its `metrics.json` gives test Recall@K and MRR@K (`metrics.K`,
+20). Jobs of the same data set and row are repetitions of one cell, over seeds (`seed`) and
+data splits (`data.seed`): the cell shows their mean and, with several, their sample
+standard deviation; a row that is not a baseline (`table.baseline`) also shows the relative
 improvement of its mean over the best baseline's mean on that data set. Where the jobs left
 `predictions.parquet`, every row is also compared with the best baseline (or a chosen row)
-on the same test examples (microrec/significance.py), and optionally broken down into
+on the same test examples (reports/significance.py), and optionally broken down into
 repeat and new targets.
 """
 
@@ -25,6 +25,7 @@ from omegaconf.errors import OmegaConfBaseException
 from microrec.data.schema import FEATURE_LABELS
 from microrec.errors import ConfigError
 from microrec.files import atomic_write
+from microrec.metrics import MRR, RECALL, K
 from microrec.reports import significance
 from microrec.runs import predictions
 from microrec.runs.folders import (
@@ -37,7 +38,8 @@ from microrec.runs.folders import (
 )
 from microrec.runs.tracking import log_run, wandb_group
 
-METRICS = {"test/recall@20": "Recall@20", "test/mrr@20": "MRR@20"}
+HEADLINE = f"Recall@{K} and MRR@{K}"
+METRICS = {f"test/{RECALL}": f"Recall@{K}", f"test/{MRR}": f"MRR@{K}"}
 # a run with the hyperparameters of an Optuna study (its `tuned` node: conf/tuned/)
 TUNED = " (tuned)"
 
@@ -286,9 +288,9 @@ def compare_rows(jobs: list[Job], rows: list[tuple[str, str]], against: str | No
 
 
 SIGNIFICANT = 0.05  # p below this marks a difference (†)
-BREAKDOWN = {"repeat/share": "repeat share", "repeat/recall@20": "Recall@20 repeat",
-             "repeat/mrr@20": "MRR@20 repeat", "new/share": "new share",
-             "new/recall@20": "Recall@20 new", "new/mrr@20": "MRR@20 new"}
+BREAKDOWN = {"repeat/share": "repeat share", f"repeat/{RECALL}": f"Recall@{K} repeat",
+             f"repeat/{MRR}": f"MRR@{K} repeat", "new/share": "new share",
+             f"new/{RECALL}": f"Recall@{K} new", f"new/{MRR}": f"MRR@{K} new"}
 
 
 def _round(x: float | None) -> float | None:
@@ -368,7 +370,7 @@ def _lines(columns: list[str], rows: list[tuple[str, str]], cell) -> list[str]:
 def markdown(datasets: list[str], rows: list[tuple[str, str]], cells: dict,
              failed: list[Job], folders: list[Path], compared: Comparisons | None = None,
              breakdown: bool = False) -> str:
-    """The paper's layout: rows by data type and model, Recall@20 and MRR@20 per data set;
+    """The paper's layout: rows by data type and model, Recall@K and MRR@K per data set;
     then the paired differences and, with `breakdown`, repeat and new targets."""
     tests = compared.tests if compared else {}
     columns = ["Data type", "Model"] + [f"{ds} {m}" for ds in datasets for m in METRICS.values()]
@@ -391,39 +393,12 @@ def markdown(datasets: list[str], rows: list[tuple[str, str]], cells: dict,
     gains = ("; in parentheses, the relative improvement over the best baseline on the same "
              "data set" if any(c.gain is not None for c in cells.values()) else "")
     lines = ["# Table 3", "",
-             f"Test Recall@20 and MRR@20, {_spread(cells)}{gains}.{mark}", "",
+             f"Test {HEADLINE}, {_spread(cells)}{gains}.{mark}", "",
              *_lines(columns, rows, means)]
     if tests:
-        def paired(row):
-            shown = []
-            for ds in datasets:
-                for metric in METRICS:
-                    ref, t = tests.get((row, ds, metric), (None, None))
-                    shown.append("" if ref is None else "reference" if t is None else _paired(t))
-            return shown
-
-        lines += ["", f"## Paired differences from {compared.reference}", "",
-                  "Mean difference in test Recall@20 and MRR@20 over the same test examples "
-                  "(each model's per-example hit and reciprocal rank averaged over its seeds "
-                  "first, only examples of the same data split paired), its 95% interval and "
-                  "two-sided p-value from a paired bootstrap over test sessions "
-                  f"({compared.resamples} resamples; microrec/significance.py).", "",
-                  *_lines(columns, rows, paired)]
+        lines += paired_section(datasets, rows, columns, compared)
     if breakdown and compared:
-        shown_parts = [k for k in BREAKDOWN if k != "new/share"]
-
-        def parts(row):
-            part = {ds: compared.breakdown.get((row, ds)) for ds in datasets}
-            return ["" if part[ds] is None else f"{part[ds][k]:.4f}"
-                    for ds in datasets for k in shown_parts]
-
-        lines += ["", "## Repeat and new targets", "",
-                  "Test Recall@20 and MRR@20 on targets that occur in the input (repeat) and "
-                  "on the others (new; unknown products count here, as misses), each "
-                  "example's hit and reciprocal rank averaged over seeds; repeat share = the "
-                  "share of test examples with a repeat target (new share = 1 − it).", "",
-                  *_lines(["Data type", "Model"] + [f"{ds} {BREAKDOWN[k]}" for ds in datasets
-                                                    for k in shown_parts], rows, parts)]
+        lines += breakdown_section(datasets, rows, compared)
     elif breakdown:
         lines += ["", "No job left predictions.parquet: no repeat / new breakdown."]
     if compared and compared.missing:
@@ -434,6 +409,45 @@ def markdown(datasets: list[str], rows: list[tuple[str, str]], cells: dict,
         lines += [f"- {j.folder}" for j in failed]
     lines += ["", "From: " + ", ".join(str(f) for f in folders)]
     return "\n".join(lines) + "\n"
+
+
+def paired_section(datasets: list[str], rows: list[tuple[str, str]], columns: list[str],
+                   compared: Comparisons) -> list[str]:
+    """The table's lines of paired differences from the reference row."""
+    def paired(row):
+        shown = []
+        for ds in datasets:
+            for metric in METRICS:
+                ref, t = compared.tests.get((row, ds, metric), (None, None))
+                shown.append("" if ref is None else "reference" if t is None else _paired(t))
+        return shown
+
+    return ["", f"## Paired differences from {compared.reference}", "",
+            f"Mean difference in test {HEADLINE} over the same test examples "
+            "(each model's per-example hit and reciprocal rank averaged over its seeds "
+            "first, only examples of the same data split paired), its 95% interval and "
+            "two-sided p-value from a paired bootstrap over test sessions "
+            f"({compared.resamples} resamples; microrec/reports/significance.py).", "",
+            *_lines(columns, rows, paired)]
+
+
+def breakdown_section(datasets: list[str], rows: list[tuple[str, str]],
+                      compared: Comparisons) -> list[str]:
+    """The table's lines of metrics on repeat and on new targets."""
+    shown_parts = [k for k in BREAKDOWN if k != "new/share"]
+
+    def parts(row):
+        part = {ds: compared.breakdown.get((row, ds)) for ds in datasets}
+        return ["" if part[ds] is None else f"{part[ds][k]:.4f}"
+                for ds in datasets for k in shown_parts]
+
+    return ["", "## Repeat and new targets", "",
+            f"Test {HEADLINE} on targets that occur in the input (repeat) and "
+            "on the others (new; unknown products count here, as misses), each "
+            "example's hit and reciprocal rank averaged over seeds; repeat share = the "
+            "share of test examples with a repeat target (new share = 1 − it).", "",
+            *_lines(["Data type", "Model"] + [f"{ds} {BREAKDOWN[k]}" for ds in datasets
+                                              for k in shown_parts], rows, parts)]
 
 
 def log_to_wandb(table: list[list], folder: Path) -> None:
@@ -451,7 +465,7 @@ def table3(folders: list[Path], use_wandb: bool = False, against: str | None = N
     Args:
         against: compare every row with this row (see `find_row`) rather than with the
             best baseline.
-        breakdown: add Recall@20 and MRR@20 on repeat and on new targets.
+        breakdown: add Recall@K and MRR@K on repeat and on new targets.
         resamples: bootstrap replicates of each paired test.
     """
     jobs = read_jobs(folders)
