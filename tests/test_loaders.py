@@ -16,6 +16,7 @@ from microrec.data import schema as S
 from microrec.data.loaders import EventLog, JDSessions, typed_ids, write_jd_sessions
 from microrec.data.module import MicroDataModule
 from microrec.data.protocol import SPLITS, SplitArrays
+from microrec.data.sources import EventSource, FrameSource
 from microrec.data.synthetic import SyntheticSource
 from microrec.errors import ConfigError, DataError
 
@@ -466,3 +467,26 @@ def test_gzip_jd_files_read_like_plain_ones(tmp_path):
     write(tmp_path / "bad.gz", gzip.compress((text + "1+5+c+3+-1\n").encode()))
     with pytest.raises(DataError, match=r"bad.gz, line 4: negative dwell time -1\.$"):
         JDSessions(str(tmp_path / "bad.gz")).load()
+
+
+def test_every_source_follows_the_one_source_protocol(tmp_path):
+    """name, path, fingerprint, load and blocks on every source: recommend reads any of them
+    through blocks(), without asking which kind it is."""
+    events = SyntheticSource(n_sessions=30, n_items=20, n_categories=3).load()
+    jd = tmp_path / "jd.txt"
+    write_jd_sessions(events, jd)
+    log = tmp_path / "log.csv"
+    events.select(S.SESSION, S.ITEM, S.ACTIVITY).write_csv(log)
+    sources = [SyntheticSource(n_sessions=30, n_items=20, n_categories=3),
+               FrameSource(events), JDSessions(str(jd)),
+               EventLog(str(log), {"session": S.SESSION, "item": S.ITEM,
+                                   "activity": S.ACTIVITY})]
+    for source in sources:
+        assert isinstance(source, EventSource)
+        blocks = list(source.blocks())
+        table = source.load()
+        assert sum(b.height for b in blocks) == table.height > 0
+        assert isinstance(source.fingerprint(), str) and source.name
+    assert [s.path for s in sources] == [None, None, jd, log]
+    keyed = sources[3].blocks().__next__()
+    assert "source_session" in keyed.columns  # the file's own keys, for naming its sessions

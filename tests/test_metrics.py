@@ -1,9 +1,11 @@
 """The ranking metric against a brute-force computation, ties included."""
 
+import polars as pl
+import pytest
 import torch
 
 from microrec.data.schema import NUM_SPECIAL, UNK
-from microrec.metrics import RankingMetrics, target_rank
+from microrec.metrics import KS, MRR, RECALL, K, RankingMetrics, hits_and_rr, target_rank
 from microrec.models.base import example_results
 
 
@@ -82,3 +84,23 @@ def test_a_diverged_model_ranks_nothing_and_its_top_list_is_defined():
     assert not ranked.isnan().any()
     assert target_rank(ranked, batch["target"]).item() == 29  # a miss, not rank 0
     assert example_results(batch, ranked)["top"].shape == (1, 20)  # was an IndexError
+
+
+def test_training_metric_equals_the_one_definition_every_report_uses():
+    """RankingMetrics (torch, accumulated) and hits_and_rr (from ranks, what tables,
+    breakdowns and figures call) give the same Recall@k and MRR@k, misses included."""
+    g = torch.Generator().manual_seed(1)
+    scores = torch.randint(0, 4, (60, 25), generator=g).float()  # many ties
+    scores[5, 7] = float("nan")  # a non-finite score
+    target = torch.randint(NUM_SPECIAL, 25, (60,), generator=g)
+    target[:4] = UNK  # unknown products: misses
+    metric = RankingMetrics()
+    metric.update(scores, target)
+    got = metric.compute()
+    rank = target_rank(scores, target).numpy().astype(float)
+    rank[rank > scores.size(1) - NUM_SPECIAL] = float("nan")  # a miss has no rank
+    for k in KS:
+        hit, rr = hits_and_rr(pl.Series(rank).fill_nan(None), k)
+        assert got[f"recall@{k}"].item() == pytest.approx(hit.mean(), abs=1e-6)
+        assert got[f"mrr@{k}"].item() == pytest.approx(rr.mean(), abs=1e-6)
+    assert (RECALL, MRR) == (f"recall@{K}", f"mrr@{K}") and K in KS

@@ -151,3 +151,23 @@ def test_sigterm_stops_a_sweep_with_status_143_and_the_job_continues_from_last_c
     assert again.returncode == 0, again.stderr[-3000:]
     metrics = json.loads((job / "metrics.json").read_text())
     assert metrics["epochs"] == 3 and metrics[RUN_ID] == checkpoint_run_id(job / LAST)
+
+
+@pytest.mark.parametrize("data", [
+    {"_target_": "microrec.data.MicroDataModule", "source": {"_target_": "x"}},
+    {"_target_": "microrec.data.module.MicroDataModule", "path": "/x",
+     "source": {"_target_": "microrec.data.loaders.JDSessions", "path": "${data.path}"}},
+])
+def test_a_run_of_the_old_layout_is_refused_in_one_sentence(tmp_path, data):
+    from microrec.runs.folders import saved_config
+
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / "checkpoints").mkdir()
+    model = {"_target_": "microrec.models.pop.Pop"}
+    OmegaConf.save(OmegaConf.create({"data": data, "model": model}),
+                   tmp_path / ".hydra" / "config.yaml")
+    (tmp_path / "checkpoints" / "best.ckpt").write_bytes(b"")
+    with pytest.raises(ConfigError, match=r"was written by an older layout of microrec \(its "
+                                          r"config names (microrec\.data\.MicroDataModule|"
+                                          r"data\.path), which no longer exists\)"):
+        saved_config(tmp_path / "checkpoints" / "best.ckpt")

@@ -10,11 +10,12 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import polars as pl
 
 
+@runtime_checkable
 class EventSource(Protocol):
     """What a data set provides: a name, the file it reads, a content hash, and the canonical
     event table, whole or by blocks of sessions.

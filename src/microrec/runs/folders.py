@@ -64,7 +64,7 @@ def check_same_run(metrics: dict, path: Path, run_id: str | None) -> None:
 def saved_config(ckpt: Path):
     """The composed config of the run a checkpoint belongs to, to rebuild its data and model.
 
-    Runs written before the package was regrouped by role (microrec 0.3: `microrec.loaders`,
+    Runs written before the package was regrouped by role (`microrec.loaders`,
     `microrec.synthetic`, `data.path`) are refused in one sentence: their configs name
     classes and settings that no longer exist.
     """
