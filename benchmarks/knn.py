@@ -23,7 +23,7 @@ import torch
 from microrec.data.loaders import JDSessions
 from microrec.data.module import MicroDataModule
 from microrec.data.synthetic import SyntheticSource
-from microrec.metrics import RankingMetrics
+from microrec.models.ranking import RankingMetrics
 from microrec.models.repeat import Repeat
 from microrec.models.sknn import SessionKNN
 from microrec.models.stan import STAN

@@ -178,7 +178,7 @@ def training(dm, args) -> None:
 def evaluation(dm, args) -> None:
     import torch
 
-    from microrec.metrics import RankingMetrics
+    from microrec.models.ranking import RankingMetrics
     from microrec.models.rib import RIB
 
     model = RIB(dm.n_items, dm.n_activities, dm.n_dwell, init="random").eval()

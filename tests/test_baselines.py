@@ -19,11 +19,11 @@ from microrec.data.schema import NUM_SPECIAL, PAD, UNK
 from microrec.data.sources import FrameSource
 from microrec.data.synthetic import SyntheticSource
 from microrec.errors import ConfigError
-from microrec.metrics import RankingMetrics, target_rank
 from microrec.models.base import macro_visits
 from microrec.models.bpr_mf import BPRMF
 from microrec.models.item_knn import ItemKNN
 from microrec.models.pop import Pop
+from microrec.models.ranking import RankingMetrics, target_rank
 from microrec.models.word2vec import Word2Vec
 from microrec.runs.train import train
 

@@ -18,7 +18,8 @@ from microrec.data.schema import NUM_SPECIAL, UNK
 from microrec.data.sources import FrameSource
 from microrec.data.synthetic import SyntheticSource
 from microrec.errors import ConfigError
-from microrec.metrics import KS, RankingMetrics, target_rank
+from microrec.metrics import KS
+from microrec.models.ranking import RankingMetrics, target_rank
 from microrec.models.repeat import Repeat
 from microrec.models.sknn import SessionKNN
 from microrec.models.stan import STAN

@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from microrec.data.schema import NUM_SPECIAL, UNK
-from microrec.metrics import KS, MRR, RECALL, K, RankingMetrics, hits_and_rr, target_rank
+from microrec.metrics import KS, MRR, RECALL, K, hits_and_rr
 from microrec.models.base import example_results
+from microrec.models.ranking import RankingMetrics, target_rank
 
 
 def brute_force(scores, target, k):

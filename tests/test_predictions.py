@@ -10,8 +10,9 @@ import torch
 
 from microrec.data.schema import NUM_SPECIAL
 from microrec.errors import ConfigError
-from microrec.metrics import K, target_rank
+from microrec.metrics import K
 from microrec.models.base import top_items
+from microrec.models.ranking import target_rank
 from microrec.runs import predictions
 from microrec.runs.train import train
 

@@ -13,7 +13,7 @@ from microrec.config import check_args
 from microrec.data.module import MicroDataModule
 from microrec.data.sources import FrameSource
 from microrec.errors import ConfigError, Diverged
-from microrec.metrics import target_rank
+from microrec.models.ranking import target_rank
 from microrec.models.rib import RIB
 from microrec.runs.train import train
 

@@ -9,7 +9,8 @@ import torch
 from microrec.data.protocol import SplitArrays
 from microrec.data.schema import NUM_SPECIAL
 from microrec.errors import Diverged
-from microrec.metrics import K, RankingMetrics, target_rank
+from microrec.metrics import K
+from microrec.models.ranking import RankingMetrics, target_rank
 
 TOP = K  # products kept per example in the per-example results (predictions.parquet)
 

@@ -16,8 +16,9 @@ from rich.progress import track
 from microrec.data import schema as S
 from microrec.data.batches import Examples
 from microrec.data.protocol import Prepared
-from microrec.metrics import MRR, RECALL, hits_and_rr, target_rank
+from microrec.metrics import MRR, RECALL, hits_and_rr
 from microrec.models.heads import RepeatExploreHead, repeat_candidates
+from microrec.models.ranking import target_rank
 from microrec.models.rib import RIB
 
 # Progress goes to stderr and only to a terminal: stdout carries a script's result (explain's
