@@ -23,6 +23,7 @@ from typing import BinaryIO
 import polars as pl
 
 from microrec.data import schema as S
+from microrec.data.sources import SOURCE
 from microrec.errors import ConfigError, DataError
 from microrec.files import atomic_write
 
@@ -31,7 +32,6 @@ log = logging.getLogger(__name__)
 LOADER_VERSION = 2  # bump on any change to what load() returns for the same bytes
 FILE, LINE = "_file", "_line"  # where a row came from, for error messages
 USER = "user"  # an event-log role that is not a canonical column: sessions are cut from users
-SOURCE = "source_"  # prefix of the file's own session keys, which EventLog.load(keys=True) keeps
 ROLES = (S.SESSION, USER, S.ITEM, S.ACTIVITY, S.TS, S.DWELL, S.CATEGORY)
 FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl",
            ".ndjson": "jsonl", ".json": "jsonl"}

@@ -14,6 +14,10 @@ from typing import Protocol, runtime_checkable
 
 import polars as pl
 
+# prefix of the columns holding a file's own session keys (`source_session`, `source_user`)
+# in what `EventSource.blocks` yields
+SOURCE = "source_"
+
 
 @runtime_checkable
 class EventSource(Protocol):

@@ -30,9 +30,10 @@ from microrec.config import build
 from microrec.data import loaders
 from microrec.data import schema as S
 from microrec.data.batches import Examples
-from microrec.data.loaders import SOURCE, USER
+from microrec.data.loaders import USER
 from microrec.data.module import MicroDataModule
 from microrec.data.protocol import Prepared, encode_sessions
+from microrec.data.sources import SOURCE
 from microrec.errors import ConfigError, DataError
 from microrec.files import atomic_write
 from microrec.metrics import K
