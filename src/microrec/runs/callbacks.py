@@ -53,7 +53,7 @@ class RngStates(Callback):
 
 
 class RunIdentity(Callback):
-    """Names the run in every checkpoint (`runs.checkpoint_run_id` reads it back).
+    """Names the run in every checkpoint (`runs.folders.checkpoint_run_id` reads it back).
 
     A fresh run draws a new id; a resumed one gets its own back from the checkpoint, so
     metrics.json and predictions.parquet, written after training, carry the run's one id.

@@ -76,15 +76,17 @@ def saved_config(ckpt: Path):
         raise ConfigError(f"{ckpt}: its run folder {run_dir} has no {CONFIG}, so its data and "
                           "model cannot be rebuilt.")
     cfg = OmegaConf.load(run_dir / CONFIG)
-    targets = [OmegaConf.select(cfg, key) for key in ("data._target_", "data.source._target_",
-                                                      "model._target_")]
-    for target in [t for t in targets if t] + (["data.path"] if "path" in cfg.data else []):
-        try:
-            hydra.utils.get_object(target)
-        except Exception:
-            raise ConfigError(f"{run_dir} was written by an older layout of microrec (its "
-                              f"config names {target}, which no longer exists): train it "
-                              "again to use it here.") from None
+    gone = ["data.path"] if "path" in cfg.data else []  # now data.source.path
+    for key in ("data._target_", "data.source._target_", "model._target_"):
+        if (target := OmegaConf.select(cfg, key)) and not gone:
+            try:
+                hydra.utils.get_object(target)
+            except Exception:
+                gone.append(target)
+    if gone:
+        raise ConfigError(f"{run_dir} was written by an older layout of microrec (its config "
+                          f"names {gone[0]}, which no longer exists): train it again to use "
+                          "it here.")
     return cfg
 
 
