@@ -57,7 +57,8 @@ def test_four_feature_multirun_leaves_four_runs_and_one_wandb_group(tmp_path):
 # errors raised by the task. run_in_one_process runs them all in one interpreter.
 MISTAKES = {
     "unknown option": (["src/train.py", "features=bogus"],
-                       "error: no features 'bogus': choose one of full, sku, sku_act, sku_dwell."),
+                       "error: no features 'bogus': choose one of full, full_cat, sku, sku_act, "
+                       "sku_act_cat, sku_cat, sku_dwell, sku_dwell_cat."),
     "unknown swept option": (
         ["src/train.py", "-m", "data=synthetic,nonexistent"],
         "error: no data 'nonexistent': choose one of events, jd_appliances, jd_computers, "

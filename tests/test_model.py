@@ -16,7 +16,8 @@ SMALL = dict(item_dim=8, activity_dim=4, dwell_dim=4, hidden_size=12, attention_
 
 
 def rib(dm, **kw):
-    return RIB(dm.n_items, dm.n_activities, dm.n_dwell, **{**SMALL, **kw})
+    return RIB(dm.n_items, dm.n_activities, dm.n_dwell, n_categories=dm.n_categories,
+               **{**SMALL, **kw})
 
 
 def test_padded_positions_get_exactly_zero_attention(dm):
@@ -40,7 +41,8 @@ def test_every_ablation_runs_forward_and_backward(dm, encoder, attention, featur
     loss = torch.nn.functional.cross_entropy(model.logits(batch), batch["target"])
     loss.backward()
     assert model.embed.item.weight.grad.abs().sum() > 0
-    for table, channel in ((model.embed.activity, "activity"), (model.embed.dwell, "dwell")):
+    for table, channel in ((model.embed.activity, "activity"), (model.embed.dwell, "dwell"),
+                           (model.embed.category, "category")):
         uses = channel in FEATURES[features]
         assert (table is not None) == uses
         if uses:

@@ -89,6 +89,23 @@ def test_vocabularies_come_from_training_sessions_only():
     assert S.UNK in val.tokens[:, 0].tolist()  # unseen input product -> unknown id
 
 
+def test_categories_are_a_training_vocabulary_gathered_per_micro_behavior():
+    events = sessions_frame().with_columns(
+        pl.when(pl.col(S.ITEM) == "only_in_test").then(pl.lit("c_test"))
+        .when(pl.col(S.ITEM) == "i2").then(pl.lit(None, dtype=pl.String))
+        .otherwise(pl.format("c_{}", pl.col(S.ITEM))).alias(S.CATEGORY))
+    prep = prepare(events, split=(0.8, 0.1, 0.1))
+    assert prep.has_category and set(prep.categories) == {"c_i0", "c_i1"}  # no null, no test
+    item_ids = {name: i + S.NUM_SPECIAL for i, name in enumerate(prep.items)}
+    category_ids = {name: i + S.NUM_SPECIAL for i, name in enumerate(prep.categories)}
+    expected = {item_ids["i0"]: category_ids["c_i0"], item_ids["i1"]: category_ids["c_i1"],
+                item_ids["i2"]: S.UNK, S.UNK: S.UNK}  # a missing or unseen category -> UNK
+    for split in prep.splits.values():
+        items, categories = split.tokens[:, 0], split.tokens[:, 3]
+        assert [expected[i] for i in items.tolist()] == categories.tolist()
+    assert not prepare(sessions_frame()).has_category  # no category column: no channel
+
+
 def test_quantile_edges_are_fitted_on_training_split_only():
     prep = prepare(sessions_frame(long_test=True), buckets="quantile")
     assert max(prep.bucket_edges) <= 31.0  # test/val dwell (5000 s) never moves an edge

@@ -54,7 +54,8 @@ def assert_same(a, b):
         for f in fields(SplitArrays):
             x, y = getattr(a.splits[name], f.name), getattr(b.splits[name], f.name)
             assert x.dtype == y.dtype and np.array_equal(x, y), (name, f.name)
-    for attr in ("items", "activities", "bucket_edges", "has_activity", "has_dwell", "stats"):
+    for attr in ("items", "activities", "bucket_edges", "has_activity", "has_dwell", "stats",
+                 "categories"):
         assert getattr(a, attr) == getattr(b, attr), attr
 
 

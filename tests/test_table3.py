@@ -18,7 +18,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
-from microrec.data.schema import FEATURES
+from microrec.data.schema import PAPER_FEATURES as FEATURES
 from microrec.errors import ConfigError, DataError
 from microrec.reports.results import METRICS, row_of, table3
 from microrec.runs import predictions

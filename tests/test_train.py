@@ -57,10 +57,27 @@ def test_processed_tensors_are_cached_by_content(cfg_factory, tmp_path):
     assert hydra.utils.instantiate(cfg.data, source={"seed": 1}).cache_key() != dm.cache_key()
 
 
+def test_categories_reach_the_neural_model_and_a_baseline_refuses_them(cfg_factory):
+    with pytest.raises(ConfigError, match="features=sku_cat adds product categories, but Pop "
+                                          "reads no micro-behavior channels; .*features=sku"):
+        train(cfg_factory("model=pop", "features=sku_cat",
+                          *(o for o in TINY if o.startswith("data.")), tiny=False))
+    cfg = cfg_factory("features=full_cat", "model.init=word2vec")
+    dm = hydra.utils.instantiate(cfg.data)
+    dm.setup()
+    model = hydra.utils.instantiate(cfg.model, **dm.sizes())
+    model.load_word2vec(dm)  # every table in use, the category's too
+    assert model.embed.category.num_embeddings == dm.n_categories > 2
+    vectors = dm.word2vec("category", model.embed.category.embedding_dim,
+                          cfg.model.w2v_window, cfg.model.w2v_epochs)
+    np.testing.assert_array_equal(model.embed.category.weight.detach().numpy(), vectors)
+
+
 def test_features_the_data_cannot_supply_are_refused(tmp_path):
     events = pl.DataFrame({"session": [1, 1, 2, 2], "pos": [0, 1, 0, 1],
                            "item": ["a", "b", "a", "c"]})
-    for features, missing in (("sku_act", "activities"), ("sku_dwell", "dwell")):
+    for features, missing in (("sku_act", "activities"), ("sku_dwell", "dwell"),
+                              ("sku_cat", "product categories")):
         dm = MicroDataModule(FrameSource(events, "clicks"), features=features,
                              split=(1.0, 0.0, 0.0), cache_dir=str(tmp_path))
         with pytest.raises(ConfigError, match=f"features={features} needs {missing}.*'clicks'"):

@@ -191,6 +191,12 @@ def check_args(node: DictConfig) -> None:
                 raise ConfigError(f"{key}={value}: expected {EXPECTED[kind]}.")
 
 
+def takes(node: DictConfig, name: str) -> bool:
+    """Whether the class a `_target_` node builds takes an argument `name`."""
+    params = _parameters(node["_target_"]) or {}
+    return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
 def _parameters(target: str):
     """The arguments `target` takes, annotations evaluated where they can be; None where
     unknown (instantiate reports a target that does not exist)."""

@@ -8,7 +8,7 @@ import itertools
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from microrec.data.protocol import SplitArrays
+from microrec.data.protocol import TOKEN_COLUMNS, SplitArrays
 
 
 class Examples(Dataset):
@@ -19,7 +19,7 @@ class Examples(Dataset):
     """
 
     def __init__(self, arrays: SplitArrays, max_len: int):
-        self.tokens = torch.from_numpy(arrays.tokens)  # (E, 3) int32
+        self.tokens = torch.from_numpy(arrays.tokens)  # (E, 4) int32, TOKEN_COLUMNS
         self.first = torch.from_numpy(arrays.first)  # (N,)
         self.end = torch.from_numpy(arrays.end)  # (N,)
         self.target = torch.from_numpy(arrays.target)  # (N,)
@@ -40,12 +40,10 @@ class Examples(Dataset):
         steps = torch.arange(int(length.max()))  # (T,)
         rows = start[:, None] + steps  # (B, T)
         real = steps[None, :] < length[:, None]  # (B, T)
-        tok = self.tokens[torch.where(real, rows, 0)] * real[..., None]  # (B, T, 3), pad = 0
+        tok = self.tokens[torch.where(real, rows, 0)] * real[..., None]  # (B, T, 4), pad = 0
         tok = tok.long()
         return {
-            "item": tok[..., 0],
-            "activity": tok[..., 1],
-            "dwell": tok[..., 2],
+            **{name: tok[..., c] for c, name in enumerate(TOKEN_COLUMNS)},  # each (B, T)
             "length": length,
             "target": self.target[idx],
             "index": idx,  # (B,) example index in the split, for per-example results

@@ -22,7 +22,7 @@ except ImportError:  # Windows: no lock; concurrent builders still each write a 
     fcntl = None
 
 log = logging.getLogger(__name__)
-CACHE_FORMAT = 3  # layout of the processed-data cache file; bump when it changes
+CACHE_FORMAT = 4  # layout of the processed-data cache file; bump when it changes
 N_DWELL = N_BUCKETS + S.NUM_SPECIAL
 
 
@@ -109,7 +109,7 @@ def write_cache(path: Path, prepared: Prepared, key: str) -> None:
     meta = {"format": CACHE_FORMAT, "key": key, "items": prepared.items,
             "activities": prepared.activities, "bucket_edges": list(prepared.bucket_edges),
             "has_activity": prepared.has_activity, "has_dwell": prepared.has_dwell,
-            "stats": prepared.stats}
+            "stats": prepared.stats, "categories": prepared.categories}
     arrays = {f"{name}.{f.name}": getattr(split, f.name)
               for name, split in prepared.splits.items() for f in fields(SplitArrays)}
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
@@ -131,8 +131,9 @@ def read_cache(path: Path, key: str) -> Prepared:
     prepared = Prepared(splits=splits, items=meta["items"], activities=meta["activities"],
                         bucket_edges=tuple(meta["bucket_edges"]),
                         has_activity=meta["has_activity"], has_dwell=meta["has_dwell"],
-                        stats=meta["stats"])
-    bounds = np.array([prepared.n_items, prepared.n_activities, N_DWELL])
+                        stats=meta["stats"], categories=meta["categories"])
+    bounds = np.array([prepared.n_items, prepared.n_activities, N_DWELL,
+                       prepared.n_categories])  # per column of the tokens
     for name, arrays in splits.items():
         if not _consistent(arrays, bounds):
             raise ValueError(f"its {name} arrays do not fit together")
@@ -142,7 +143,7 @@ def read_cache(path: Path, key: str) -> Prepared:
 def _consistent(a: SplitArrays, bounds: np.ndarray) -> bool:
     """Whether one split's arrays have the shapes, types and ranges that serving assumes."""
     offsets = (a.first, a.end, a.target, a.session, a.position, a.session_end)
-    if (a.tokens.dtype != np.int32 or a.tokens.ndim != 2 or a.tokens.shape[1] != 3
+    if (a.tokens.dtype != np.int32 or a.tokens.ndim != 2 or a.tokens.shape[1] != bounds.size
             or any(x.dtype != np.int64 or x.ndim != 1 for x in offsets)
             or not a.first.shape == a.end.shape == a.target.shape == a.session.shape
             == a.position.shape

@@ -27,6 +27,7 @@ from microrec.data.protocol import (
     PROTOCOL_VERSION,
     SPLIT_NAMES,
     SPLITS,
+    TOKEN_COLUMNS,
     Prepared,
     prepare,
 )
@@ -154,6 +155,10 @@ class MicroDataModule(L.LightningDataModule):
             raise ConfigError(f"features={self.features} needs dwell times, but data set "
                               f"'{self.source.name}' has neither dwell nor timestamps; use "
                               "features=sku or sku_act.")
+        if "category" in needs and not prepared.has_category:
+            raise ConfigError(f"features={self.features} needs product categories, but data "
+                              f"set '{self.source.name}' has none; use features="
+                              f"{self.features.removesuffix('_cat')}.")
 
     def _ready(self) -> Prepared:
         if self.prepared is None:
@@ -174,6 +179,19 @@ class MicroDataModule(L.LightningDataModule):
     @property
     def n_dwell(self) -> int:
         return N_DWELL
+
+    @property
+    def n_categories(self) -> int:
+        return self._ready().n_categories
+
+    def sizes(self) -> dict[str, int]:
+        """The vocabulary sizes a model is built with: the product, activity and dwell
+        tables', and the category table's where the feature variant reads categories."""
+        sizes = {"n_items": self.n_items, "n_activities": self.n_activities,
+                 "n_dwell": self.n_dwell}
+        if "category" in S.channels(self.features):
+            sizes["n_categories"] = self.n_categories
+        return sizes
 
     # -- loaders -------------------------------------------------------------------------
     def dataset(self, split: str) -> Examples:
@@ -211,7 +229,7 @@ class MicroDataModule(L.LightningDataModule):
     # -- word2vec ------------------------------------------------------------------------
     def word2vec(self, channel: str, dim: int, window: int = 5, epochs: int = 5,
                  seed: int = 0) -> np.ndarray:
-        """Vectors for every id of a channel (item, activity, dwell) from the training split.
+        """Vectors for every id of a channel (TOKEN_COLUMNS) from the training split.
 
         Trained by gensim on the training sessions' micro-behavior sequences of that channel
         and cached. Row i is the vector of id i; padding is zero, ids gensim never saw keep
@@ -219,8 +237,9 @@ class MicroDataModule(L.LightningDataModule):
         """
         from microrec.data.word2vec import train_vectors
 
-        column = {"item": 0, "activity": 1, "dwell": 2}[channel]
-        size = {"item": self.n_items, "activity": self.n_activities, "dwell": self.n_dwell}
+        column = TOKEN_COLUMNS.index(channel)
+        size = {"item": self.n_items, "activity": self.n_activities, "dwell": self.n_dwell,
+                "category": self.n_categories}
         params = {"data": self.cache_key(), "channel": channel, "dim": dim, "window": window,
                   "epochs": epochs, "seed": seed}
         key = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:20]

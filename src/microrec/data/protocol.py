@@ -18,7 +18,7 @@ from microrec.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: tokens carry the category id
 SPLITS = ("train", "val", "test")
 N_BUCKETS = 5
 # Lower edges of buckets 2..5 on whole seconds (bucket 1 starts at 0).
@@ -34,7 +34,8 @@ EVAL_TARGETS = ("last", "all")
 class SplitArrays:
     """One split: flat tokens of all its sessions and one row per example.
 
-    tokens: (E, 3) int32 item, activity and bucket ids, sessions one after another.
+    tokens: (E, 4) int32 item, activity, bucket and category ids (columns TOKEN_COLUMNS),
+        sessions one after another.
     first:  (N,) int64 row of the example's session's first token.
     end:    (N,) int64 row after the example's last input token.
     target: (N,) int64 id of the next product (UNK when not in the training vocabulary).
@@ -67,6 +68,7 @@ class Prepared:
     has_activity: bool
     has_dwell: bool
     stats: dict = field(default_factory=dict)
+    categories: list[str] = field(default_factory=list)  # category id i + NUM_SPECIAL -> name
 
     @property
     def n_items(self) -> int:
@@ -76,7 +78,17 @@ class Prepared:
     def n_activities(self) -> int:
         return len(self.activities) + S.NUM_SPECIAL
 
+    @property
+    def n_categories(self) -> int:
+        return len(self.categories) + S.NUM_SPECIAL
 
+    @property
+    def has_category(self) -> bool:
+        return bool(self.categories)
+
+
+# The columns of SplitArrays.tokens: the batch keys (and word2vec channels) they feed.
+TOKEN_COLUMNS = ("item", "activity", "dwell", "category")
 GMACRO = "gmacro"  # global index of the macro interaction over the whole sorted table
 
 
@@ -103,14 +115,15 @@ def macro_interactions(events: pl.DataFrame) -> pl.DataFrame:
 
 
 def macro_table(events: pl.DataFrame) -> pl.DataFrame:
-    """One row per macro interaction (in GMACRO order) with its item, dwell and start time.
+    """One row per macro interaction (in GMACRO order) with its item, category, dwell and
+    start time (the category of its first event).
 
     Given dwell wins; where it is missing the dwell is the time to the next macro
     interaction's first event, and the last macro interaction of a session stays null
     (the `unknown` bucket), never a guess.
     """
     first_events = events.filter(pl.col(GMACRO).diff().fill_null(1) != 0)
-    macros = first_events.select(S.SESSION, S.MACRO, S.ITEM, S.DWELL, S.TS)
+    macros = first_events.select(S.SESSION, S.MACRO, S.ITEM, S.DWELL, S.TS, S.CATEGORY)
     same_session = pl.col(S.SESSION).shift(-1) == pl.col(S.SESSION)
     derived = pl.when(same_session).then(pl.col(S.TS).shift(-1) - pl.col(S.TS))
     macros = macros.with_columns(pl.coalesce(S.DWELL, derived.cast(pl.Float64)).alias(S.DWELL))
@@ -244,14 +257,15 @@ def prepare(
     # Stage 2: vocabularies and dwell edges, from the training split alone.
     train_macros = macros.filter(pl.col("split") == 0)
     edges = dwell_edges(buckets, train_macros)
-    item_vocab = item_vocabulary(train_macros)
+    item_vocab = vocabulary(train_macros, S.ITEM, "item_id")
+    category_vocab = vocabulary(train_macros.drop_nulls(S.CATEGORY), S.CATEGORY, "category_id")
     event_split = events["split"].to_numpy()
     act = events["act"].fill_null(len(names)).to_numpy().astype(np.int64)  # null -> extra code
     act_order = activity_vocabulary(act[event_split == 0], names)
-    # Stage 3: one (item, activity, bucket) token per event.
-    macros = label_macros(macros, item_vocab, edges)
+    # Stage 3: one (item, activity, bucket, category) token per event.
+    macros = label_macros(macros, item_vocab, category_vocab, edges)
     gmacro = events[GMACRO].to_numpy()
-    tokens = event_tokens(macros, gmacro, activity_ids(act, act_order, len(names)))  # (E, 3)
+    tokens = event_tokens(macros, gmacro, activity_ids(act, act_order, len(names)))  # (E, 4)
     macros = macros.with_columns(pl.Series("size", np.bincount(gmacro, minlength=macros.height)))
     del events, act, gmacro
     # Stage 4: examples of each split.
@@ -273,6 +287,7 @@ def prepare(
         has_activity=bool(act_order),
         has_dwell=bool((macros[S.BUCKET] != S.UNK).any()),
         stats=stats,
+        categories=category_vocab[S.CATEGORY].to_list(),
     )
 
 
@@ -284,7 +299,7 @@ def encode_activities(events: pl.DataFrame, names: list[str]) -> pl.DataFrame:
     missing activity does.
     """
     return events.select(
-        S.SESSION, S.POS, S.ITEM, S.DWELL, S.TS,
+        S.SESSION, S.POS, S.ITEM, S.DWELL, S.TS, S.CATEGORY,
         pl.col(S.ACTIVITY).cast(pl.String).cast(pl.Enum(names), strict=False).to_physical()
         .alias("act"),
     )
@@ -320,12 +335,13 @@ def check_splits(macros: pl.DataFrame, split: tuple[float, float, float], min_ma
     )
 
 
-def item_vocabulary(train_macros: pl.DataFrame) -> pl.DataFrame:
-    """Products of the training split, most frequent first, with ids from NUM_SPECIAL."""
+def vocabulary(train_macros: pl.DataFrame, column: str, id_name: str) -> pl.DataFrame:
+    """Values of `column` (products, categories) in the training split's macro interactions,
+    most frequent first, with ids `id_name` from NUM_SPECIAL."""
     return (
-        train_macros.group_by(S.ITEM).agg(pl.len().alias("count"))
-        .sort(["count", S.ITEM], descending=[True, False])
-        .with_row_index("item_id", offset=S.NUM_SPECIAL)
+        train_macros.group_by(column).agg(pl.len().alias("count"))
+        .sort(["count", column], descending=[True, False])
+        .with_row_index(id_name, offset=S.NUM_SPECIAL)
     )
 
 
@@ -344,22 +360,31 @@ def activity_ids(act: np.ndarray, order: list[int], n_names: int) -> np.ndarray:
 
 
 def label_macros(macros: pl.DataFrame, item_vocab: pl.DataFrame,
-                 edges: tuple[float, ...]) -> pl.DataFrame:
-    """Add each macro interaction's item id (UNK outside the vocabulary) and dwell bucket."""
-    return macros.join(item_vocab.select(S.ITEM, "item_id"), on=S.ITEM, how="left",
-                       maintain_order="left").with_columns(
-        pl.col("item_id").fill_null(S.UNK).cast(pl.Int32),
-        bucketize(pl.col(S.DWELL), edges).alias(S.BUCKET),
+                 category_vocab: pl.DataFrame, edges: tuple[float, ...]) -> pl.DataFrame:
+    """Add each macro interaction's item and category ids (UNK outside the vocabulary or
+    missing) and dwell bucket."""
+    return (
+        macros.join(item_vocab.select(S.ITEM, "item_id"), on=S.ITEM, how="left",
+                    maintain_order="left")
+        .join(category_vocab.select(S.CATEGORY, "category_id"), on=S.CATEGORY, how="left",
+              maintain_order="left")
+        .with_columns(
+            pl.col("item_id").fill_null(S.UNK).cast(pl.Int32),
+            pl.col("category_id").fill_null(S.UNK).cast(pl.Int32),
+            bucketize(pl.col(S.DWELL), edges).alias(S.BUCKET),
+        )
     )
 
 
 def event_tokens(macros: pl.DataFrame, gmacro: np.ndarray, activity: np.ndarray) -> np.ndarray:
-    """(E, 3) int32 item, activity and bucket ids: macro attributes gathered by macro index."""
+    """(E, 4) int32 item, activity, bucket and category ids (TOKEN_COLUMNS): macro
+    attributes gathered by macro index."""
     return np.column_stack([
         macros["item_id"].to_numpy()[gmacro],
         activity,
         macros[S.BUCKET].to_numpy()[gmacro],
-    ]).astype(np.int32)  # (E, 3)
+        macros["category_id"].to_numpy()[gmacro],
+    ]).astype(np.int32)  # (E, 4)
 
 
 def split_stats(name: str, arrays: SplitArrays, n_events: int) -> dict[str, int]:
@@ -432,10 +457,12 @@ def encode_sessions(events: pl.DataFrame, prepared: Prepared
         # integer-looking ids read as int64 on one side, strings on the other: compare as text
         vocab = vocab.with_columns(pl.col(S.ITEM).cast(pl.String))
         events = events.with_columns(pl.col(S.ITEM).cast(pl.String))
-    macros = label_macros(macro_table(events), vocab, prepared.bucket_edges)
+    categories = pl.DataFrame({S.CATEGORY: prepared.categories}, schema={S.CATEGORY: pl.String}
+                              ).with_row_index("category_id", offset=S.NUM_SPECIAL)
+    macros = label_macros(macro_table(events), vocab, categories, prepared.bucket_edges)
     act = events["act"].fill_null(len(names)).to_numpy().astype(np.int64)  # null -> extra code
     tokens = event_tokens(macros, events[GMACRO].to_numpy(),
-                          activity_ids(act, list(range(len(names))), len(names)))  # (E, 3)
+                          activity_ids(act, list(range(len(names))), len(names)))  # (E, 4)
     new_session = (pl.col(S.SESSION) != pl.col(S.SESSION).shift(1)).fill_null(True)
     first = events.select(pl.arg_where(new_session)).to_series().to_numpy().astype(np.int64)
     end = np.append(first[1:], events.height).astype(np.int64)  # (S,)

@@ -65,13 +65,16 @@ def bucket_labels(edges: tuple[float, ...]) -> dict[int, str]:
     return labels
 
 
-# Feature variants: which channels besides the product the model sees.
-FEATURES = {
+# Feature variants: which channels besides the product the model sees. Each of the paper's
+# four has a `_cat` form that adds the product's category as a fourth channel.
+PAPER_FEATURES = {
     "sku": (),
     "sku_act": ("activity",),
     "sku_dwell": ("dwell",),
     "full": ("activity", "dwell"),
 }
+FEATURES = {**PAPER_FEATURES,
+            **{f"{name}_cat": (*sides, "category") for name, sides in PAPER_FEATURES.items()}}
 # What tables, figures and logs call each variant: the paper's names (its Table 3).
 FEATURE_LABELS = {
     "sku": "SKU",
@@ -79,10 +82,12 @@ FEATURE_LABELS = {
     "sku_dwell": "SKU+Dwell",
     "full": "SKU+Micro-behaviors",
 }
+FEATURE_LABELS.update({f"{name}_cat": f"{label}+Category"
+                       for name, label in list(FEATURE_LABELS.items())})
 
 
 def channels(features: str) -> tuple[str, ...]:
-    """The side channels (activity, dwell) a feature variant uses."""
+    """The side channels (activity, dwell, category) a feature variant uses."""
     if features not in FEATURES:
         raise ConfigError(
             f"unknown features '{features}': choose one of {', '.join(FEATURES)}."

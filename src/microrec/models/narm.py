@@ -42,8 +42,9 @@ class NARM(NeuralRecommender):
 
     Args:
         n_items, n_activities, n_dwell: vocabulary sizes (from the data).
+        n_categories: category vocabulary size (from the data; a `_cat` variant only).
         features: sku | sku_act | sku_dwell | full (the shared `MicroEmbedding`).
-        item_dim, activity_dim, dwell_dim: embedding size per channel.
+        item_dim, activity_dim, dwell_dim, category_dim: embedding size per channel.
         hidden_size: GRU state size.
         emb_dropout: on the embeddings (the paper's 0.25).
         ct_dropout: on c, before the bilinear decoder (the paper's 0.5).
@@ -57,10 +58,12 @@ class NARM(NeuralRecommender):
         n_items: int,
         n_activities: int,
         n_dwell: int,
+        n_categories: int = 0,
         features: str = "sku",
         item_dim: int = 50,
         activity_dim: int = 16,
         dwell_dim: int = 16,
+        category_dim: int = 16,
         hidden_size: int = 100,
         emb_dropout: float = 0.25,
         ct_dropout: float = 0.5,
@@ -75,7 +78,8 @@ class NARM(NeuralRecommender):
         super().__init__(loss, init)
         self.save_hyperparameters()
         self.embed = MicroEmbedding(n_items, n_activities, n_dwell, features, item_dim,
-                                    activity_dim, dwell_dim, emb_dropout, sparse=self.sampled)
+                                    activity_dim, dwell_dim, emb_dropout, sparse=self.sampled,
+                                    n_categories=n_categories, category_dim=category_dim)
         self.gru = nn.GRU(self.embed.dim, hidden_size, batch_first=True)
         self.attention = NARMAttention(hidden_size)
         self.ct_dropout = nn.Dropout(ct_dropout)

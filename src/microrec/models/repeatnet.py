@@ -43,8 +43,9 @@ class RepeatNet(NeuralRecommender):
 
     Args:
         n_items, n_activities, n_dwell: vocabulary sizes (from the data).
+        n_categories: category vocabulary size (from the data; a `_cat` variant only).
         features: sku | sku_act | sku_dwell | full (the shared `MicroEmbedding`).
-        item_dim, activity_dim, dwell_dim: embedding size per channel.
+        item_dim, activity_dim, dwell_dim, category_dim: embedding size per channel.
         hidden_size: GRU state size.
         dropout: on the embeddings.
         init, w2v_window, w2v_epochs: random or word2vec embedding tables.
@@ -57,10 +58,12 @@ class RepeatNet(NeuralRecommender):
         n_items: int,
         n_activities: int,
         n_dwell: int,
+        n_categories: int = 0,
         features: str = "sku",
         item_dim: int = 100,
         activity_dim: int = 16,
         dwell_dim: int = 16,
+        category_dim: int = 16,
         hidden_size: int = 100,
         dropout: float = 0.25,
         init: str = "random",
@@ -72,7 +75,8 @@ class RepeatNet(NeuralRecommender):
         super().__init__("full", init)
         self.save_hyperparameters()
         self.embed = MicroEmbedding(n_items, n_activities, n_dwell, features, item_dim,
-                                    activity_dim, dwell_dim, dropout)
+                                    activity_dim, dwell_dim, dropout,
+                                    n_categories=n_categories, category_dim=category_dim)
         self.gru = nn.GRU(self.embed.dim, hidden_size, batch_first=True)
         self.mode_attention = AdditiveAttention(hidden_size)
         self.mode = nn.Linear(hidden_size, 2, bias=False)  # [repeat, explore]

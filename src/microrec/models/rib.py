@@ -50,10 +50,12 @@ class RIB(NeuralRecommender):
 
     Args:
         n_items, n_activities, n_dwell: vocabulary sizes (from the data, never from yaml).
-        features: sku | sku_act | sku_dwell | full: which embeddings are concatenated.
+        n_categories: category vocabulary size (from the data; a `_cat` variant only).
+        features: sku | sku_act | sku_dwell | full (+ `_cat`): which embeddings are
+            concatenated.
         encoder: gru | lstm | rnn.
         attention: attention pooling if true, else the last hidden state.
-        item_dim, activity_dim, dwell_dim: embedding size per channel.
+        item_dim, activity_dim, dwell_dim, category_dim: embedding size per channel.
         hidden_size, attention_size: RNN state and attention projection sizes.
         dropout: on the concatenated embeddings and on the pooled state.
         init: word2vec (gensim vectors of the training split) or random.
@@ -79,12 +81,14 @@ class RIB(NeuralRecommender):
         n_items: int,
         n_activities: int,
         n_dwell: int,
+        n_categories: int = 0,
         features: str = "full",
         encoder: str = "gru",
         attention: bool = True,
         item_dim: int = 64,
         activity_dim: int = 16,
         dwell_dim: int = 16,
+        category_dim: int = 16,
         hidden_size: int = 100,
         attention_size: int = 64,
         dropout: float = 0.1,
@@ -104,7 +108,8 @@ class RIB(NeuralRecommender):
             raise ConfigError(f"unknown encoder '{encoder}': choose one of {', '.join(ENCODERS)}.")
         self.save_hyperparameters()
         self.embed = MicroEmbedding(n_items, n_activities, n_dwell, features, item_dim,
-                                    activity_dim, dwell_dim, dropout, sparse=self.sampled)
+                                    activity_dim, dwell_dim, dropout, sparse=self.sampled,
+                                    n_categories=n_categories, category_dim=category_dim)
         self.rnn = ENCODERS[encoder](self.embed.dim, hidden_size, batch_first=True)
         self.attention = Attention(hidden_size, attention_size) if attention else None
         self.head = make_head(head, neighbours, self.embed.dim, attention_size, n_items=n_items,

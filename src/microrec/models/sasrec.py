@@ -61,9 +61,10 @@ class SASRec(NeuralRecommender):
 
     Args:
         n_items, n_activities, n_dwell: vocabulary sizes (from the data).
+        n_categories: category vocabulary size (from the data; a `_cat` variant only).
         features: sku | sku_act | sku_dwell | full (the shared `MicroEmbedding`).
         item_dim: the model width d (product embeddings and every block).
-        activity_dim, dwell_dim: side-channel embedding sizes.
+        activity_dim, dwell_dim, category_dim: side-channel embedding sizes.
         max_len: the longest input (learned positions); the data module's `max_len`.
         n_blocks, n_heads: self-attention blocks and heads per block.
         dropout: on the embeddings, inside and after each sublayer.
@@ -77,10 +78,12 @@ class SASRec(NeuralRecommender):
         n_items: int,
         n_activities: int,
         n_dwell: int,
+        n_categories: int = 0,
         features: str = "sku",
         item_dim: int = 50,
         activity_dim: int = 16,
         dwell_dim: int = 16,
+        category_dim: int = 16,
         max_len: int = 50,
         n_blocks: int = 2,
         n_heads: int = 1,
@@ -98,7 +101,8 @@ class SASRec(NeuralRecommender):
             raise ConfigError(f"item_dim {item_dim} must be a multiple of n_heads {n_heads}.")
         self.save_hyperparameters()
         self.embed = MicroEmbedding(n_items, n_activities, n_dwell, features, item_dim,
-                                    activity_dim, dwell_dim, dropout, sparse=self.sampled)
+                                    activity_dim, dwell_dim, dropout, sparse=self.sampled,
+                                    n_categories=n_categories, category_dim=category_dim)
         self.proj = nn.Linear(self.embed.dim, item_dim) if self.embed.dim != item_dim else None
         self.position = nn.Embedding(max_len, item_dim)
         # unit-variance rows would make the first logits ~ sqrt(d) (the products are scored

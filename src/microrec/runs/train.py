@@ -13,7 +13,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from microrec.config import build, check_args
+from microrec.config import build, check_args, takes
 from microrec.errors import ConfigError, Stopped
 from microrec.files import atomic_write
 from microrec.metrics import MRR, RECALL
@@ -72,8 +72,7 @@ def train(cfg: DictConfig) -> dict:
     dm = build(cfg.data)
     dm.setup()  # NumPy and Polars only: torch's thread pools start with the model
     set_threads(*threads)
-    model = build(cfg.model, n_items=dm.n_items, n_activities=dm.n_activities,
-                  n_dwell=dm.n_dwell)
+    model = build_model(cfg.model, dm)
 
     logger = None
     if cfg.get("logger"):
@@ -110,6 +109,17 @@ def train(cfg: DictConfig) -> dict:
     if uses_wandb(cfg.get("logger")):
         tracking.finish()
     return metrics
+
+
+def build_model(node: DictConfig, dm):
+    """The model `node` names, built with the data's vocabulary sizes (dm.sizes)."""
+    sizes = dm.sizes()
+    if "n_categories" in sizes and not takes(node, "n_categories"):
+        raise ConfigError(f"features={dm.features} adds product categories, but "
+                          f"{node._target_.rsplit('.', 1)[-1]} reads no micro-behavior "
+                          f"channels; use a neural model or features="
+                          f"{dm.features.removesuffix('_cat')}.")
+    return build(node, **sizes)
 
 
 def side_by_side() -> int:
