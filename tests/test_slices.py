@@ -94,6 +94,11 @@ def test_length_thirds_cut_at_the_order_statistics(dm):
     assert length[short.rows].max() < length[middle.rows].min()
     assert length[middle.rows].max() < length[long.rows].min()
     assert long.detail == f"{length[long.rows].min()}-{length[long.rows].max()}"
+    for n in range(3, 13):  # distinct lengths: each cut is exactly the example ranked k
+        length = np.random.default_rng(n).permutation(n) + 1
+        sizes = [int(s.rows.sum()) for s in slices.length_thirds(length)]
+        assert sizes == [(n - 1) // 3 + 1, 2 * (n - 1) // 3 - (n - 1) // 3,
+                         n - 1 - 2 * (n - 1) // 3]
 
 
 def averaged(split, hit, rr, repeat, data_seed=0) -> pl.DataFrame:

@@ -268,8 +268,8 @@ def pooled_lines(names: list[str], pooled: list[Pooled], weights: str) -> list[s
     for metric in SHOWN.values():
         columns += [f"A − B {metric}", f"± {metric}"]
     lines = ["", f"### Pooled over {', '.join(names)} ({weighting(weights)})", "",
-             f"Each slice's A − B pooled over the test sessions of every data set that has "
-             f"it: each data set's own difference, {weighting(weights)}, with a bootstrap "
+             "Each slice's A − B pooled over the test sessions of every data set that has "
+             "it: the weighted mean of the data sets' own differences, with a bootstrap "
              "that resamples each data set's test sessions (never the data sets). ± is half "
              "the 95% interval: about the smallest difference these test sessions could "
              "tell from zero (a true difference that large would reach p < 0.05 about half "
