@@ -61,7 +61,7 @@ def brute_force(dm) -> list[dict]:
 def test_each_example_is_sliced_by_the_input_the_models_saw(dm):
     split = dm.prepared.splits["test"]
     assert ((split.end - split.first) > MAX_LEN).any()  # truncation is exercised
-    inputs = slices.test_inputs(dm.prepared, S.PAPER_GROUPS, MAX_LEN)
+    inputs = slices.split_inputs(dm.prepared, S.PAPER_GROUPS, MAX_LEN)
     expected = brute_force(dm)
     for column in ("input length", "last activity", "cart or order", "last dwell",
                    "dwell range"):
@@ -80,7 +80,7 @@ def test_each_example_is_sliced_by_the_input_the_models_saw(dm):
 
 
 def test_length_thirds_cut_at_the_order_statistics(dm):
-    length = slices.test_inputs(dm.prepared, S.PAPER_GROUPS, MAX_LEN)["input length"]
+    length = slices.split_inputs(dm.prepared, S.PAPER_GROUPS, MAX_LEN)["input length"]
     length = length.to_numpy()
     short, middle, long = slices.length_thirds(length)
     n = length.size
@@ -111,7 +111,7 @@ def averaged(split, hit, rr, repeat, data_seed=0) -> pl.DataFrame:
 
 def test_a_difference_planted_in_one_slice_is_found_there_and_only_there(dm):
     split = dm.prepared.splits["test"]
-    inputs = slices.test_inputs(dm.prepared, S.PAPER_GROUPS, MAX_LEN).with_columns(
+    inputs = slices.split_inputs(dm.prepared, S.PAPER_GROUPS, MAX_LEN).with_columns(
         pl.lit(0, pl.Int64).alias("data_seed"))
     planted = (inputs["last activity"] == PLANTED).to_numpy()
     rng = np.random.default_rng(0)
@@ -134,6 +134,9 @@ def test_a_difference_planted_in_one_slice_is_found_there_and_only_there(dm):
             assert share == 0 and all(t.diff == 0 and t.p == 1 for t in r.tests.values())
     assert [name for (dimension, name) in found if dimension == "target"] == ["repeat", "new"]
     assert found["target", "repeat"].slice.rows.sum() == repeat.sum()
+    with pytest.raises(ConfigError, match="the test split of synth rebuilt from the runs' data "
+                       "config holds other examples than their predictions.parquet"):
+        slices.compare(a, b, inputs.with_columns(pl.col("position") + 1), 200, "synth")
 
 
 def test_the_pooled_test_weighs_data_sets_equally_not_by_their_sessions():
@@ -189,7 +192,7 @@ def multiruns(folder, dm):
                             .data)
         data_module.setup()
         split = data_module.prepared.splits["test"]
-        inputs = slices.test_inputs(data_module.prepared, S.PAPER_GROUPS, MAX_LEN)
+        inputs = slices.split_inputs(data_module.prepared, S.PAPER_GROUPS, MAX_LEN)
         planted = (inputs["last activity"] == PLANTED).to_list()
         shared = np.random.default_rng(source_seed).integers(1, 40, split.target.size)
         sku = [int(r) if r <= 20 else None for r in shared]

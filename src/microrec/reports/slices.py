@@ -97,7 +97,7 @@ def activity_order(groups: dict, names: list[str]) -> dict[str, int]:
             UNKNOWN: len(listed) + 1}
 
 
-def test_inputs(prepared: Prepared, groups: dict, max_len: int) -> pl.DataFrame:
+def split_inputs(prepared: Prepared, groups: dict, max_len: int) -> pl.DataFrame:
     """One row per test example: example, session, position, and what the slices read of
     its input: input length; last activity, cart or order and last dwell where the data has
     that channel (and, for cart or order, names those groups), each with an `<name> order`
@@ -131,7 +131,7 @@ def test_inputs(prepared: Prepared, groups: dict, max_len: int) -> pl.DataFrame:
 
 
 def read_inputs(job_file: Path, dataset: str) -> pl.DataFrame:
-    """`test_inputs` of the test split a job ran on, through its saved data config (a file
+    """`split_inputs` of the test split a job ran on, through its saved data config (a file
     in the job folder names the job, as for `saved_config`)."""
     try:
         config = saved_config(job_file)
@@ -141,7 +141,7 @@ def read_inputs(job_file: Path, dataset: str) -> pl.DataFrame:
         raise type(e)(f"--slices reads the test split of {dataset} through the data config "
                       f"of {job_file.parent}, and could not: {e}") from None
     groups = getattr(dm.source, "activity_groups", S.PAPER_GROUPS)
-    return test_inputs(dm.prepared, groups, dm.max_len)
+    return split_inputs(dm.prepared, groups, dm.max_len)
 
 
 # -- the slices and their paired tests -----------------------------------------------------
@@ -164,7 +164,7 @@ def _span(values: np.ndarray) -> str:
 
 
 def define_slices(examples: pl.DataFrame) -> list[Slice]:
-    """Every non-empty slice of the examples (which carry `repeat` and `test_inputs`'
+    """Every non-empty slice of the examples (which carry `repeat` and `split_inputs`'
     columns), `all` first."""
     repeat = examples["repeat"].to_numpy()
     found = [Slice(ALL, ALL, "", np.ones(examples.height, dtype=bool)),
@@ -183,18 +183,18 @@ def define_slices(examples: pl.DataFrame) -> list[Slice]:
     return [s for s in found if s.rows.any()]
 
 
-def compare(a: pl.DataFrame, b: pl.DataFrame, inputs: pl.DataFrame, resamples: int
-            ) -> DataSet:
+def compare(a: pl.DataFrame, b: pl.DataFrame, inputs: pl.DataFrame, resamples: int,
+            dataset: str = "the data set") -> DataSet:
     """A minus B (`significance.seed_average` tables) on every slice of their paired
-    examples; inputs: `test_inputs` with a data_seed column, for every split they share."""
+    examples; inputs: `split_inputs` with a data_seed column, for every split they share."""
     both = significance.pair(a, b).join(inputs, on=["data_seed", "example"], how="left",
                                         suffix="_data")
     if not (both["session_data"].is_not_null().all()
             and (both["session"] == both["session_data"]).all()
             and (both["position"] == both["position_data"]).all()):
-        raise ConfigError("the test split rebuilt from the runs' data config holds other "
-                          "examples than their predictions.parquet: the data file or the "
-                          "protocol changed since they ran.")
+        raise ConfigError(f"the test split of {dataset} rebuilt from the runs' data config "
+                          "holds other examples than their predictions.parquet: the data file "
+                          "or the protocol changed since they ran.")
     columns = list(significance.COLUMNS.values())  # hit, rr
     diff = np.column_stack([both[c] - both[f"{c}_b"] for c in columns])  # (n, 2)
     session, split = both["session"].to_numpy(), both["data_seed"].to_numpy()
@@ -383,7 +383,7 @@ def report(pairs: list[tuple[str, str, dict]], sources: dict[tuple[str, int], Pa
                     inputs[ds, split] = read_inputs(sources[ds, split], ds).with_columns(
                         pl.lit(split, pl.Int64).alias("data_seed"))
             shared = pl.concat([v for (d, _), v in inputs.items() if d == ds])
-            datasets[ds] = compare(a, b, shared, resamples)
+            datasets[ds] = compare(a, b, shared, resamples, ds)
         pooled = pool(datasets, weights, resamples) if len(datasets) > 1 else []
         figure = save_png(draw(name_a, name_b, datasets, pooled), folder / f"slices_{n}.png")
         lines += intro(name_a, name_b, resamples, figure.name)
