@@ -8,8 +8,9 @@ data splits (`data.seed`): the cell shows their mean and, with several, their sa
 standard deviation; a row that is not a baseline (`table.baseline`) also shows the relative
 improvement of its mean over the best baseline's mean on that data set. Where the jobs left
 `predictions.parquet`, every row is also compared with the best baseline (or a chosen row)
-on the same test examples (reports/significance.py), and optionally broken down into
-repeat and new targets.
+on the same test examples (reports/significance.py), optionally broken down into repeat
+and new targets, and optionally compared slice by slice of the test examples
+(reports/slices.py: where one row beats another).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from microrec.data.schema import FEATURE_LABELS
 from microrec.errors import ConfigError
 from microrec.files import atomic_write
 from microrec.metrics import MRR, RECALL, K
-from microrec.reports import significance
+from microrec.reports import significance, slices
 from microrec.runs import predictions
 from microrec.runs.folders import (
     CONFIG,
@@ -215,6 +216,7 @@ class Comparisons:
     breakdown: dict  # (row, data set) -> predictions.breakdown of its seed-averaged examples
     missing: list[str]  # cells some of whose runs left no predictions.parquet
     resamples: int
+    examples: dict  # (row, data set) -> its seed-averaged test examples (per_example)
 
 
 def per_example(runs: dict) -> tuple[dict, list[str]]:
@@ -238,16 +240,17 @@ def per_example(runs: dict) -> tuple[dict, list[str]]:
     return found, missing
 
 
-def find_row(spec: str, rows: list[tuple[str, str]]) -> tuple[str, str]:
-    """The row `--against` names: a model ('RIB') where that is one row, else a data type
-    and model ('full/RIB' or 'SKU+Micro-behaviors/RIB')."""
+def find_row(spec: str, rows: list[tuple[str, str]], option: str = "--against"
+             ) -> tuple[str, str]:
+    """The row `--against` (or `option`) names: a model ('RIB') where that is one row, else
+    a data type and model ('full/RIB' or 'SKU+Micro-behaviors/RIB')."""
     found = [r for r in rows if spec in (r[1], f"{r[0]}/{r[1]}",
                                          f"{FEATURE_LABELS.get(r[0], r[0])}/{r[1]}")]
     if len(found) == 1:
         return found[0]
     names = ", ".join(f"{r[0]}/{r[1]}" for r in (found or rows))
     what = "names several rows" if found else "names no row of the table"
-    raise ConfigError(f"--against {spec!r} {what}; give one of: {names}.")
+    raise ConfigError(f"{option} {spec!r} {what}; give one of: {names}.")
 
 
 def compare_rows(jobs: list[Job], rows: list[tuple[str, str]], against: str | None,
@@ -284,7 +287,7 @@ def compare_rows(jobs: list[Job], rows: list[tuple[str, str]], against: str | No
             if done[row, ref, ds] is not None:  # None: no split in common
                 tests[row, ds, metric] = (ref, done[row, ref, ds][metric.split("/")[1]])
     name = "the best baseline" if reference is None else row_name(reference)
-    return Comparisons(name, tests, breakdown, missing, resamples)
+    return Comparisons(name, tests, breakdown, missing, resamples, examples)
 
 
 SIGNIFICANT = 0.05  # p below this marks a difference (†)
@@ -352,11 +355,6 @@ def _spread(cells: dict) -> str:
             "table3.csv give each cell's)")
 
 
-def _paired(t) -> str:
-    p = "p<0.001" if t.p < 0.001 else f"p={t.p:.3f}"
-    return f"{t.diff:+.4f} [{t.low:+.4f}, {t.high:+.4f}] {p}"
-
-
 def _lines(columns: list[str], rows: list[tuple[str, str]], cell) -> list[str]:
     """A Markdown table: `cell(row)` gives a row's cells after its data type and model."""
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
@@ -369,9 +367,10 @@ def _lines(columns: list[str], rows: list[tuple[str, str]], cell) -> list[str]:
 
 def markdown(datasets: list[str], rows: list[tuple[str, str]], cells: dict,
              failed: list[Job], folders: list[Path], compared: Comparisons | None = None,
-             breakdown: bool = False) -> str:
+             breakdown: bool = False, sliced: list[str] = ()) -> str:
     """The paper's layout: rows by data type and model, Recall@K and MRR@K per data set;
-    then the paired differences and, with `breakdown`, repeat and new targets."""
+    then the paired differences, with `breakdown` repeat and new targets, and the lines of
+    `sliced` (the --slices report)."""
     tests = compared.tests if compared else {}
     columns = ["Data type", "Model"] + [f"{ds} {m}" for ds in datasets for m in METRICS.values()]
     mark = "" if not tests else (
@@ -401,6 +400,7 @@ def markdown(datasets: list[str], rows: list[tuple[str, str]], cells: dict,
         lines += breakdown_section(datasets, rows, compared)
     elif breakdown:
         lines += ["", "No job left predictions.parquet: no repeat / new breakdown."]
+    lines += sliced
     if compared and compared.missing:
         lines += ["", "Cells with a run without predictions.parquet (no paired test or "
                   "breakdown): " + ", ".join(compared.missing) + "."]
@@ -419,7 +419,7 @@ def paired_section(datasets: list[str], rows: list[tuple[str, str]], columns: li
         for ds in datasets:
             for metric in METRICS:
                 ref, t = compared.tests.get((row, ds, metric), (None, None))
-                shown.append("" if ref is None else "reference" if t is None else _paired(t))
+                shown.append("" if ref is None else "reference" if t is None else t.shown())
         return shown
 
     return ["", f"## Paired differences from {compared.reference}", "",
@@ -450,6 +450,50 @@ def breakdown_section(datasets: list[str], rows: list[tuple[str, str]],
                                               for k in shown_parts], rows, parts)]
 
 
+def slice_pairs(rows: list[tuple[str, str]], examples: dict, spec: str,
+                against: str | None) -> list[tuple[tuple[str, str], tuple[str, str]]]:
+    """The (A, B) rows `--slices` compares on some data set: A is the row `spec` names
+    (every SKU+Micro-behaviors row when empty), B the `against` row, by default A's own SKU
+    row (the same model on products only). Pairs without predictions on a common data set
+    are passed over; none left is one sentence."""
+    firsts = [find_row(spec, rows, "--slices")] if spec else [r for r in rows if r[0] == "full"]
+    reference = find_row(against, rows) if against else None
+    pairs = [(a, reference or ("sku", a[1])) for a in firsts]
+    pairs = [(a, b) for a, b in pairs if a != b and any(
+        (a, ds) in examples and (b, ds) in examples for _, ds in examples)]
+    if pairs:
+        return pairs
+    if spec and not against:
+        raise ConfigError(f"--slices {spec!r}: that row has no SKU row of its model, with "
+                          "predictions.parquet on the same data set, to be compared with; "
+                          "name the other row with --against.")
+    raise ConfigError("--slices: no pair of rows with predictions.parquet on a common data "
+                      "set to compare (by default each SKU+Micro-behaviors row with the same "
+                      "model's SKU row); name them: --slices ROW --against ROW.")
+
+
+def slice_report(jobs: list[Job], rows: list[tuple[str, str]], compared: Comparisons | None,
+                 spec: str, against: str | None, weights: str, folder: Path) -> list[str]:
+    """The --slices report's Markdown lines (reports/slices.py), its CSV and figures
+    written into `folder`."""
+    if compared is None:
+        raise ConfigError("--slices compares rows example by example, but no job left "
+                          "predictions.parquet.")
+    if weights not in significance.POOL_WEIGHTS:
+        raise ConfigError(f"--pool-weights {weights!r} is not one of "
+                          f"{', '.join(significance.POOL_WEIGHTS)}.")
+    pairs = []
+    for a, b in slice_pairs(rows, compared.examples, spec, against):
+        found = {ds: (compared.examples[a, ds], compared.examples[b, ds])
+                 for (row, ds) in compared.examples
+                 if row == a and (b, ds) in compared.examples}
+        pairs.append((row_name(a), row_name(b), found))
+    sources = {}
+    for j in jobs:  # any job of a data set and split: they share its data settings
+        sources.setdefault((j.data, j.data_seed), j.folder / METRICS_FILE)
+    return slices.report(pairs, sources, compared.resamples, weights, folder)
+
+
 def log_to_wandb(table: list[list], folder: Path) -> None:
     """The table as a W&B Table, in a run of the multirun's W&B group."""
     log_run(lambda wandb: {"table3": wandb.Table(columns=table[0], data=table[1:])},
@@ -458,7 +502,8 @@ def log_to_wandb(table: list[list], folder: Path) -> None:
 
 
 def table3(folders: list[Path], use_wandb: bool = False, against: str | None = None,
-           breakdown: bool = False, resamples: int = significance.RESAMPLES) -> str:
+           breakdown: bool = False, resamples: int = significance.RESAMPLES,
+           sliced: str | None = None, pool_weights: str = "equal") -> str:
     """Write table3.md and table3.csv into the first multirun folder (and, with `use_wandb`,
     log a W&B Table); return the Markdown. Jobs without metrics.json are listed under it.
 
@@ -467,6 +512,10 @@ def table3(folders: list[Path], use_wandb: bool = False, against: str | None = N
             best baseline.
         breakdown: add Recall@K and MRR@K on repeat and on new targets.
         resamples: bootstrap replicates of each paired test.
+        sliced: add the --slices report (reports/slices.py) of this row (see `find_row`)
+            minus the `against` row, or, when "", of each SKU+Micro-behaviors row minus the
+            same model's SKU row (or the `against` row); None: no slices.
+        pool_weights: how the slices' pooled test weighs data sets (`equal` or `sessions`).
     """
     jobs = read_jobs(folders)
     done = [j for j in jobs if j.metrics is not None]
@@ -481,7 +530,9 @@ def table3(folders: list[Path], use_wandb: bool = False, against: str | None = N
     datasets, rows, cells = summarise(done)
     compared = compare_rows(done, rows, against, resamples)
     table = csv_table(datasets, rows, cells, compared, breakdown)
-    text = markdown(datasets, rows, cells, failed, folders, compared, breakdown)
+    extra = ([] if sliced is None else
+             slice_report(done, rows, compared, sliced, against, pool_weights, folders[0]))
+    text = markdown(datasets, rows, cells, failed, folders, compared, breakdown, extra)
 
     def write_csv(tmp):
         with open(tmp, "w", newline="") as f:

@@ -16,6 +16,11 @@ The test, for a per-example difference d_i (model A minus model B):
   1 + #{replicates >= 0}) / (R + 1)): twice the bootstrap probability of the lesser side of
   zero, with the usual +1 so that it is never 0. It is below 0.05 (nearly) exactly when the
   95% interval excludes 0; identical models give p = 1, and the smallest p is 2 / (R + 1).
+
+Over several data sets (`pooled_bootstrap`) each data set's sessions are resampled as above
+and the pooled difference is a weighted mean of the data sets' differences, each data set
+weighted equally by default (or by its test sessions), so a large data set does not drown a
+small one.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ RESAMPLES = 5000
 SEED = 0
 LEVEL = 0.95
 COLUMNS = {RECALL: "hit", MRR: "rr"}  # metric -> per-example column
+POOL_WEIGHTS = ("equal", "sessions")  # how `pooled_bootstrap` weighs its data sets
 
 
 @dataclass
@@ -43,6 +49,11 @@ class Paired:
     p: float
     examples: int
     sessions: int
+
+    def shown(self) -> str:
+        """e.g. '+0.0123 [+0.0050, +0.0190] p=0.002' (p<0.001 below that)."""
+        p = "p<0.001" if self.p < 0.001 else f"p={self.p:.3f}"
+        return f"{self.diff:+.4f} [{self.low:+.4f}, {self.high:+.4f}] {p}"
 
 
 def seed_average(runs: list[tuple[int, pl.DataFrame]]) -> pl.DataFrame:
@@ -106,6 +117,17 @@ def paired_bootstrap(diff: np.ndarray, session: np.ndarray, stratum: np.ndarray 
     diff: (n, m) per-example differences; session: (n,) session of each example; stratum:
     (n,) the split of each example (sessions are drawn within their split), or None.
     """
+    rng = np.random.default_rng(seed)
+    observed, replicates, n_sessions = session_replicates(diff, session, stratum, resamples,
+                                                          rng)
+    return summarise(observed, replicates, len(session), n_sessions)
+
+
+def session_replicates(diff: np.ndarray, session: np.ndarray, stratum: np.ndarray | None,
+                       resamples: int, rng: np.random.Generator
+                       ) -> tuple[np.ndarray, np.ndarray, int]:
+    """The mean difference (m,), its bootstrap replicates (R, m) and the number of sessions:
+    each replicate draws, within each stratum, as many sessions as it has."""
     diff = np.asarray(diff, dtype=np.float64).reshape(len(session), -1)  # (n, m)
     stratum = np.zeros(len(session), dtype=np.int64) if stratum is None else stratum
     keys, cluster = np.unique(np.column_stack([stratum, session]), axis=0,
@@ -116,7 +138,6 @@ def paired_bootstrap(diff: np.ndarray, session: np.ndarray, stratum: np.ndarray 
     counts = np.bincount(cluster, minlength=n_clusters).astype(np.float64)  # (C,)
     groups = [np.flatnonzero(keys[:, 0] == s) for s in np.unique(keys[:, 0])]
 
-    rng = np.random.default_rng(seed)
     replicates = np.empty((resamples, diff.shape[1]))  # (R, m)
     chunk = max(1, 4_000_000 // n_clusters)  # replicates at a time, bounding the memory
     for start in range(0, resamples, chunk):
@@ -126,11 +147,49 @@ def paired_bootstrap(diff: np.ndarray, session: np.ndarray, stratum: np.ndarray 
         times = np.bincount((np.arange(r)[:, None] * n_clusters + drawn).ravel(),
                             minlength=r * n_clusters).reshape(r, n_clusters)  # (r, C)
         replicates[start:start + r] = (times @ sums) / (times @ counts)[:, None]
+    return diff.mean(0), replicates, n_clusters
 
+
+def summarise(observed: np.ndarray, replicates: np.ndarray, examples: int, sessions: int
+              ) -> list[Paired]:
+    """Per column: the observed difference, the percentile interval and the p-value of its
+    replicates (the module's definitions)."""
+    resamples = replicates.shape[0]
     tail = (1 - LEVEL) / 2
     low, high = np.quantile(replicates, [tail, 1 - tail], axis=0)  # (m,) each
     below, above = (replicates <= 0).sum(0), (replicates >= 0).sum(0)  # (m,) each
     p = np.minimum(1.0, 2 * (1 + np.minimum(below, above)) / (resamples + 1))
-    observed = diff.mean(0)
     return [Paired(float(observed[i]), float(low[i]), float(high[i]), float(p[i]),
-                   len(session), n_clusters) for i in range(diff.shape[1])]
+                   examples, sessions) for i in range(observed.size)]
+
+
+def pooled_bootstrap(diff: np.ndarray, session: np.ndarray, group: np.ndarray,
+                     stratum: np.ndarray | None = None, weights: str = "equal",
+                     resamples: int = RESAMPLES, seed: int = SEED) -> list[Paired]:
+    """The module's test pooled over the test sessions of several data sets (`group`).
+
+    Each data set's mean difference and replicates come from its own sessions (drawn
+    within their split, as in `paired_bootstrap`); the pooled difference is their weighted
+    mean, each replicate the same weighted mean of one replicate per data set. Sessions are
+    pooled, never data sets: a data set is not the resampling unit.
+
+    weights: `equal` (each data set counts the same, however many sessions it has) or
+        `sessions` (in proportion to its test sessions).
+    """
+    if weights not in POOL_WEIGHTS:
+        raise ValueError(f"weights must be one of {', '.join(POOL_WEIGHTS)}, not {weights!r}")
+    rng = np.random.default_rng(seed)
+    diff = np.asarray(diff, dtype=np.float64).reshape(len(session), -1)  # (n, m)
+    stratum = np.zeros(len(session), dtype=np.int64) if stratum is None else stratum
+    means, replicates, sizes = [], [], []
+    for g in np.unique(group):
+        rows = group == g
+        mean, reps, n_sessions = session_replicates(diff[rows], session[rows], stratum[rows],
+                                                    resamples, rng)
+        means.append(mean)
+        replicates.append(reps)
+        sizes.append(n_sessions)
+    w = np.ones(len(sizes)) if weights == "equal" else np.asarray(sizes, dtype=np.float64)
+    w = w / w.sum()  # (D,)
+    pooled = np.tensordot(w, np.stack(replicates), axes=1)  # (R, m)
+    return summarise(w @ np.stack(means), pooled, len(session), sum(sizes))
