@@ -347,6 +347,7 @@ def test_missing_paths_are_one_sentence(tmp_path):
     ({"ts_window": ["2017-11-25", "soon"]},
      r"ts_window bound 'soon' is neither unix seconds nor an ISO date-time"),
     ({"ts_window": [1, 2, 3]}, r"ts_window must be \[start, end\]"),
+    ({"ts_window": 1511539200}, r"ts_window must be \[start, end\], got '1511539200'"),
     ({"columns": {"session": "s", "item": "i"}, "ts_window": [0, 9]},
      r"ts_window needs a ts column"),
 ])

@@ -473,7 +473,8 @@ class EventLog:
             return None
         if S.TS not in self.columns:
             raise ConfigError("ts_window needs a ts column in the event-log mapping.")
-        if isinstance(ts_window, str) or len(ts_window) != 2:
+        if not isinstance(ts_window, Sequence) or isinstance(ts_window, str) \
+                or len(ts_window) != 2:
             raise ConfigError(f"ts_window must be [start, end], got {shown(ts_window)}.")
         start, end = (window_bound(b) for b in ts_window)
         if start >= end:
