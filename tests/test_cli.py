@@ -62,7 +62,7 @@ MISTAKES = {
     "unknown swept option": (
         ["src/train.py", "-m", "data=synthetic,nonexistent"],
         "error: no data 'nonexistent': choose one of events, jd_appliances, jd_computers, "
-        "jdata_demo, otto, synthetic."),
+        "jdata_demo, otto, synthetic, taobao."),
     "unknown option, analyze": (["src/analyze.py", "logger=bogus"],
                                 "error: no logger 'bogus': choose one of csv, none, wandb."),
     "unknown setting, stats": (

@@ -1,6 +1,8 @@
 """Real-data loaders on hand-written files: exact canonical tables, and every bad input."""
 
+import csv
 import gzip
+import logging
 import shutil
 from dataclasses import fields
 
@@ -188,6 +190,43 @@ def test_parquet_with_given_dwell_category_and_datetimes(tmp_path):
     assert_frame_equal(source.load(), expected)
 
 
+TAOBAO_HEADER = ["user_id", "item_id", "category_id", "behavior_type", "timestamp"]
+TAOBAO_COLUMNS = {"user": "user_id", "item": "item_id", "category": "category_id",
+                  "activity": "behavior_type", "ts": "timestamp"}
+DAY = ["2020-01-01T08:00:00+08:00", "2020-01-02T00:00:00Z"]  # [T0, T0 + 86400) in two zones
+
+
+def test_a_header_less_csv_with_categories_and_a_time_window(tmp_path, caplog):
+    """Taobao's shape: no header line, a category column, a stray timestamp outside the
+    log's window (dropped and counted, not a session of its own)."""
+    source = event_log(tmp_path, {"log.csv": (
+        f"7,100,c1,pv,{T0 + 60}\n"
+        f"7,101,c2,buy,{T0 + 90}\n"
+        "7,102,c2,pv,15\n"            # stray: dropped, counted, logged
+        "\n"                          # blank: skipped, and line numbers still count it
+        f"8,100,c1,cart,{T0}\n"
+        f"7,100,c1,fav,{T0 + 86_399}\n"  # the window's last second: kept
+        f"8,101,c2,pv,{T0 + 86_400}\n"   # its end: outside
+    )}, columns=TAOBAO_COLUMNS, header=TAOBAO_HEADER, ts_window=DAY,
+        activities={"pv": "pv", "cart": "cart", "fav": "fav", "buy": "buy"})
+    with caplog.at_level(logging.INFO, logger="microrec.data.loaders"):
+        table = source.load()
+    expected = canonical(session=[0, 0, 1, 2], pos=[0, 1, 0, 0], item=[100, 101, 100, 100],
+                         activity=["pv", "buy", "fav", "cart"],
+                         ts=[T0 + 60, T0 + 90, T0 + 86_399, T0],
+                         category=["c1", "c2", "c1", "c1"])
+    assert_frame_equal(table, expected)
+    assert f"dropped 2 of 6 event(s) timed outside ts_window [{T0}, {T0 + 86_400})" \
+        in caplog.text
+    assert source.fingerprint() != EventLog(str(source.path), TAOBAO_COLUMNS,
+                                            header=TAOBAO_HEADER).fingerprint()
+    # a bad value is named by its line, counted from the file's first line (no header)
+    bad = event_log(tmp_path, {"log.csv": f"7,100,c1,pv,{T0}\n\n7,101,c2,pv,soon\n"},
+                    columns=TAOBAO_COLUMNS, header=TAOBAO_HEADER)
+    with pytest.raises(DataError, match=r"log.csv, line 3: timestamp 'soon' is not a number"):
+        bad.load()
+
+
 def test_a_folder_of_files_is_one_log(tmp_path):
     source = event_log(tmp_path, {
         "a.csv": "session,item,activity,ts\n1,10,v,100.0\n2,10,v,50\n",
@@ -270,6 +309,13 @@ GOOD = "session,item,activity,ts,dwell\n1,10,v,100,5\n"
      r"a.jsonl, line 2: product id '1\\x001' holds a control character\.$"),
     ("a.csv", GOOD + "1,11,v,1" + "\0" * 500 + ",5\n", {},
      r"a.csv, line 3: timestamp '1(\\x00){14}…' is not a number"),
+    ("a.csv", "1,10,v,100,5\n1,11,v\n", {"header": [*COLUMNS, "dwell"]},
+     r"a.csv, line 2: 3 fields where data.source.header names 5\.$"),
+    ("a.csv", "", {"header": [*COLUMNS, "dwell"]}, r"a.csv: the file is empty\.$"),
+    ("a.jsonl", '{"session": 1, "item": 2, "activity": "v", "ts": 3}\n', {"header": [*COLUMNS]},
+     r"a.jsonl: a jsonl file, but data.source.header names the columns of header-less CSV"),
+    ("a.csv", GOOD, {"ts_window": [0, 100]},
+     r"a.csv: no event lies inside ts_window \[0, 100\) \(unix seconds\)\.$"),
 ])
 def test_bad_event_logs_are_one_sentence_naming_file_and_line(tmp_path, name, text, settings,
                                                               message):
@@ -295,6 +341,15 @@ def test_missing_paths_are_one_sentence(tmp_path):
     ({"file_format": "xlsx"}, r"unknown file_format 'xlsx'"),
     ({"activities": {1: "view"}, "activity_groups": {"order": ["order"]}},
      r"activity group 'order' names order, which the activity mapping never produces"),
+    ({"header": "session,item"}, r"header must list the column names of a CSV file"),
+    ({"header": ["session", "item", "session"]}, r"header names must be distinct and non-empty"),
+    ({"ts_window": [100, 100]}, r"ts_window must start before it ends, got \[100, 100\]"),
+    ({"ts_window": ["2017-11-25", "soon"]},
+     r"ts_window bound 'soon' is neither unix seconds nor an ISO date-time"),
+    ({"ts_window": [1, 2, 3]}, r"ts_window must be \[start, end\]"),
+    ({"ts_window": 1511539200}, r"ts_window must be \[start, end\], got '1511539200'"),
+    ({"columns": {"session": "s", "item": "i"}, "ts_window": [0, 9]},
+     r"ts_window needs a ts column"),
 ])
 def test_impossible_event_log_settings_are_config_errors(settings, message):
     with pytest.raises(ConfigError, match=message):
@@ -307,6 +362,7 @@ REAL = [  # data config, file under shared/data, sessions, micro-behaviors, prod
     ("jd_computers", "jd-micro-behaviors/JD_Computers_sample", 1000, 43_014, 9_289),
     ("jdata_demo", "jdata-demo", 5_052 + 581, 27_183 + 2_262, 12_195),
     ("otto", "otto-fixture/train.jsonl", 20, 862, 510),
+    ("taobao", "taobao-userbehavior/UserBehavior_2h.csv", 62_116, 96_168, 75_384),
 ]
 
 
@@ -328,6 +384,36 @@ def test_shipped_real_data_loads_with_the_documented_counts(tmp_path, monkeypatc
         assert table[S.DWELL].null_count() == 0 and table[S.TS].null_count() == table.height
     else:
         assert table[S.TS].null_count() == 0 and table[S.DWELL].null_count() == table.height
+
+
+TAOBAO = SHARED_DATA / "taobao-userbehavior"
+
+
+@pytest.mark.parametrize("name", ["UserBehavior_2h.csv", "UserBehavior_10k.csv"])
+def test_taobao_drops_exactly_the_events_outside_its_nine_days(tmp_path, monkeypatch, caplog,
+                                                               name):
+    """Against a plain reading of the file: every event inside the data set's window is
+    loaded (with its category and behavior), and only those outside are dropped."""
+    if not (TAOBAO / name).exists():
+        pytest.skip(f"{TAOBAO / name} is not here")
+    monkeypatch.chdir(ROOT)
+    cfg = compose_cfg(tmp_path, ["data=taobao", f"data.source.path={TAOBAO / name}"], tiny=False)
+    with open(TAOBAO / name, newline="") as f:
+        rows = list(csv.reader(f))
+    start, end = 1_511_539_200, 1_512_316_800  # 2017-11-25 and 2017-12-04, 00:00 Beijing
+    inside = [r for r in rows if start <= int(r[4]) < end]
+    outside = [int(r[4]) for r in rows if not start <= int(r[4]) < end]
+    source = hydra.utils.instantiate(cfg.data.source)
+    with caplog.at_level(logging.INFO, logger="microrec.data.loaders"):
+        table = S.validate_events(source.load(), source.name)
+    assert f"dropped {len(outside)} of {len(rows)} event(s)" in caplog.text
+    assert table.height == len(inside)
+    assert table[S.CATEGORY].n_unique() == len({r[2] for r in inside})
+    assert sorted(table.select(S.ITEM, S.CATEGORY, S.ACTIVITY, S.TS).rows()) \
+        == sorted((int(r[1]), r[2], r[3], int(r[4])) for r in inside)
+    if name == "UserBehavior_2h.csv":  # the shared/data README: one stray timestamp, 15
+        assert outside == [15]
+        assert (len(rows), table[S.CATEGORY].n_unique()) == (96_169, 3_757)
 
 
 # -- JD files read in blocks, and written back -----------------------------------------------

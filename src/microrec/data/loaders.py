@@ -15,7 +15,8 @@ import hashlib
 import json
 import logging
 import zlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from datetime import datetime, timezone
 from itertools import pairwise
 from pathlib import Path
 from typing import BinaryIO
@@ -188,6 +189,36 @@ def parse_dwell(frame: pl.DataFrame, raw: str, where: Callable[[dict], str]) -> 
                 lambda r: f"{where(r)}: dwell time {shown(r[raw])} is not a number.")
     raise_first(frame, dwell < 0, lambda r: f"{where(r)}: negative dwell time {r[raw]}.")
     return frame
+
+
+def window_bound(bound: int | float | str) -> int:
+    """A `ts_window` bound as unix seconds: a number is taken as such, a string as an ISO
+    date-time (with its UTC offset where it gives one, else UTC)."""
+    if isinstance(bound, (int, float)) and not isinstance(bound, bool):
+        return int(bound)
+    try:
+        when = datetime.fromisoformat(str(bound))
+    except ValueError:
+        raise ConfigError(f"ts_window bound {shown(bound)} is neither unix seconds nor an ISO "
+                          "date-time such as '2017-11-25T00:00:00+08:00'.") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return int(when.timestamp())
+
+
+def csv_header(header: Sequence[str] | None) -> tuple[str, ...] | None:
+    """The `header` setting checked: None, or the distinct non-empty names of a header-less
+    CSV file's columns in order."""
+    if header is None:
+        return None
+    if isinstance(header, (str, bytes)) or not isinstance(header, Sequence) or not header:
+        raise ConfigError("header must list the column names of a CSV file without a header "
+                          "line, or be null where the first line is the header.")
+    names = tuple(str(name) for name in header)
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if "" in names or repeated:
+        raise ConfigError(f"header names must be distinct and non-empty, got {list(names)}.")
+    return names
 
 
 # -- JD micro-behavior sessions ------------------------------------------------------------
@@ -368,8 +399,14 @@ class EventLog:
         ts_format: s | ms | us | ns for numeric timestamps, or a strptime format such as
             "%Y-%m-%d %H:%M:%S" for date-time strings (read as UTC). Datetime columns of a
             Parquet file need neither.
+        ts_window: [start, end): events timed outside it are dropped, counted and logged
+            (stray timestamps of a log known to cover one period). Bounds are unix seconds
+            or ISO date-times ('2017-11-25T00:00:00+08:00'; without an offset, UTC).
+            None: every parsed time is kept.
         session_gap_s: inactivity that ends a user's session (only where no session column).
         separator: the CSV field separator.
+        header: the column names of CSV files without a header line, in order; None: each
+            file's first line is its header.
         name: how logs and cache files call this data set.
     """
 
@@ -382,8 +419,10 @@ class EventLog:
         file_format: str | None = None,
         explode: str | None = None,
         ts_format: str = "s",
+        ts_window: Sequence[int | float | str] | None = None,
         session_gap_s: float = 1800,
         separator: str = ",",
+        header: Sequence[str] | None = None,
         name: str = "events",
     ):
         if path is None:
@@ -406,6 +445,7 @@ class EventLog:
                               f"({', '.join(TIME_UNITS)}) nor a strptime format.")
         if session_gap_s <= 0:
             raise ConfigError(f"session_gap_s must be positive, got {session_gap_s}.")
+        self.ts_window = self._window(ts_window)
         if file_format not in (None, *set(FORMATS.values())):
             raise ConfigError(f"unknown file_format '{file_format}': use csv, parquet or "
                               "jsonl.")
@@ -424,7 +464,22 @@ class EventLog:
         self.ts_format = ts_format
         self.session_gap_s = float(session_gap_s)
         self.separator = separator
+        self.header = csv_header(header)
         self._fingerprint: str | None = None
+
+    def _window(self, ts_window) -> tuple[int, int] | None:
+        """`ts_window` as (start, end) unix seconds, checked."""
+        if ts_window is None:
+            return None
+        if S.TS not in self.columns:
+            raise ConfigError("ts_window needs a ts column in the event-log mapping.")
+        if not isinstance(ts_window, Sequence) or isinstance(ts_window, str) \
+                or len(ts_window) != 2:
+            raise ConfigError(f"ts_window must be [start, end], got {shown(ts_window)}.")
+        start, end = (window_bound(b) for b in ts_window)
+        if start >= end:
+            raise ConfigError(f"ts_window must start before it ends, got {list(ts_window)}.")
+        return start, end
 
     # -- files -----------------------------------------------------------------------------
     def _format(self, path: Path) -> str:
@@ -454,16 +509,20 @@ class EventLog:
             settings = {"loader": "events", "columns": self.columns,
                         "activities": self.activities, "file_format": self.file_format,
                         "explode": self.explode, "ts_format": self.ts_format,
-                        "session_gap_s": self.session_gap_s, "separator": self.separator}
+                        "session_gap_s": self.session_gap_s, "separator": self.separator,
+                        "ts_window": self.ts_window, "header": self.header}
             self._fingerprint = content_hash(self.files(), settings)
         return self._fingerprint
 
     def _read(self, path: Path) -> pl.DataFrame:
         """One file's rows with the mapped columns renamed to their roles, plus _line."""
         fmt = self._format(path)
+        if self.header and fmt != "csv":
+            raise DataError(f"{path}: a {fmt} file, but data.source.header names the columns "
+                            "of header-less CSV files.")
         try:
             if fmt == "csv":
-                frame = _read_csv(path, self.separator)
+                frame = _read_csv(path, self.separator, self.header)
             elif fmt == "jsonl":
                 frame = _read_jsonl(path)
             else:
@@ -516,6 +575,8 @@ class EventLog:
             frame = self._activities(frame, where)
         if S.TS in frame.columns:
             frame = self._timestamps(frame, where)
+        if self.ts_window:
+            frame = self._inside_window(frame)
         if S.DWELL in frame.columns:
             frame = parse_dwell(frame.rename({S.DWELL: "dwell_raw"}), "dwell_raw", where)
         if keys:
@@ -574,6 +635,19 @@ class EventLog:
                     lambda r: f"{where(r)}: timestamp {shown(r['ts_raw'])} is not {expected}.")
         return frame
 
+    def _inside_window(self, frame: pl.DataFrame) -> pl.DataFrame:
+        """Drop, count and log the events timed outside `ts_window`."""
+        start, end = self.ts_window
+        inside = pl.col(S.TS).is_between(start, end, closed="left")
+        n_outside = frame.height - frame.select(inside.sum()).item()
+        if n_outside == frame.height:
+            raise DataError(f"{self.path}: no event lies inside ts_window [{start}, {end}) "
+                            "(unix seconds).")
+        if n_outside:
+            log.info("%s: dropped %d of %d event(s) timed outside ts_window [%d, %d) of %s",
+                     self.name, n_outside, frame.height, start, end, self.path)
+        return frame.filter(inside)
+
     def _sessions(self, frame: pl.DataFrame) -> pl.DataFrame:
         """Number sessions 0.. and events inside each by time, then file order."""
         keys = [k for k in (USER, S.SESSION) if k in frame.columns]
@@ -593,23 +667,30 @@ class EventLog:
             pl.int_range(pl.len(), dtype=pl.Int32).over(S.SESSION).alias(S.POS))
 
 
-def _read_csv(path: Path, separator: str) -> pl.DataFrame:
-    """A CSV file as strings, rows numbered by their line; a ragged line stops the run."""
+def _read_csv(path: Path, separator: str, header: tuple[str, ...] | None) -> pl.DataFrame:
+    """A CSV file as strings, rows numbered by their line; a ragged line stops the run.
+
+    `header` names the columns of a file without a header line; None: its first line does.
+    """
     lines = read_lines(path)
     if lines.height == 0:
-        raise DataError(f"{path}: the file is empty (not even a header).")
+        raise DataError(f"{path}: the file is empty{'' if header else ' (not even a header)'}.")
     # Lines without quotes must have the header's number of separators; quoted ones may hold
     # separators inside a field, so Polars' parser judges them.
     sep = pl.col("text").str.count_matches(separator, literal=True)
     lines = lines.with_columns(sep.alias("n_sep"))
-    n_sep = lines["n_sep"][0]
+    n_sep = len(header) - 1 if header else lines["n_sep"][0]
     plain = ~pl.col("text").str.contains('"', literal=True) & (pl.col("text") != "")
-    raise_first(lines.slice(1), plain & (pl.col("n_sep") != n_sep),
-                lambda r: f"{path}, line {r[LINE]}: {r['n_sep'] + 1} fields where the header "
-                          f"has {n_sep + 1}.")
+    names = "data.source.header names" if header else "the header has"
+    raise_first(lines if header else lines.slice(1), plain & (pl.col("n_sep") != n_sep),
+                lambda r: f"{path}, line {r[LINE]}: {r['n_sep'] + 1} fields where {names} "
+                          f"{n_sep + 1}.")
     with open_bytes(path) as f:
-        frame = pl.read_csv(f, separator=separator, infer_schema=False)
-    return frame.with_row_index(LINE, offset=2)  # line 1 is the header
+        frame = pl.read_csv(f, separator=separator, infer_schema=False,
+                            has_header=header is None,
+                            new_columns=list(header) if header else None)
+    first = 1 if header else 2  # the first data line: line 1 is the header where there is one
+    return frame.with_row_index(LINE, offset=first)
 
 
 def _read_jsonl(path: Path) -> pl.DataFrame:
