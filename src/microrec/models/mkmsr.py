@@ -79,17 +79,23 @@ class GGNN(nn.Module):
         self.bias_out = nn.Parameter(torch.zeros(dim))
         self.cell = nn.GRUCell(2 * dim, dim)
 
-    def propagate(self, h: torch.Tensor, a_in: torch.Tensor, a_out: torch.Tensor) -> torch.Tensor:
-        """One round: node states (B, L, d) to node states (B, L, d)."""
-        B, L, d = h.shape
+    def propagate(self, h: torch.Tensor, a_in: torch.Tensor, a_out: torch.Tensor,
+                  real: torch.Tensor) -> torch.Tensor:
+        """One round: node states (B, L, d) to node states (B, L, d); padding nodes stay 0."""
         incoming = a_in @ self.edge_in(h) + self.bias_in  # (B, L, d)
         outgoing = a_out @ self.edge_out(h) + self.bias_out  # (B, L, d)
         a = torch.cat([incoming, outgoing], dim=-1)  # (B, L, 2d)
-        return self.cell(a.reshape(B * L, 2 * d), h.reshape(B * L, d)).view(B, L, d)
+        # the cell runs on the real nodes alone (R of the B * L): most of L is padding
+        updated = self.cell(a[real], h[real])  # (R, d)
+        return torch.zeros_like(h).index_put((real,), updated)  # (B, L, d)
 
-    def forward(self, h: torch.Tensor, a_in: torch.Tensor, a_out: torch.Tensor) -> torch.Tensor:
+    def forward(self, h: torch.Tensor, a_in: torch.Tensor, a_out: torch.Tensor,
+                real: torch.Tensor | None = None) -> torch.Tensor:
+        """Node states (B, L, d) after `steps` rounds; `real` (B, L) marks the nodes that
+        are products (default: all)."""
+        real = torch.ones(h.shape[:2], dtype=torch.bool, device=h.device) if real is None else real
         for _ in range(self.steps):
-            h = self.propagate(h, a_in, a_out)  # (B, L, d)
+            h = self.propagate(h, a_in, a_out, real)  # (B, L, d)
         return h
 
 
@@ -194,7 +200,8 @@ class MKMSR(NeuralRecommender):
         """(B, T, D) each micro-behavior's representation m_t = [v_t ; o_t]."""
         nodes, alias, edges = session_graph(batch["item"])  # (B, L), (B, T), (B, L, L)
         a_in, a_out = normalised(edges)  # (B, L, L) each
-        h = self.ggnn(self.embed.dropout(self.embed.item(nodes)), a_in, a_out)  # (B, L, d)
+        h = self.embed.dropout(self.embed.item(nodes))  # (B, L, d)
+        h = self.ggnn(h, a_in, a_out, nodes != PAD)  # (B, L, d)
         v = h.gather(1, alias[..., None].expand(-1, -1, h.size(-1)))  # (B, T, d)
         ops = self.operations(batch)
         if ops is None:
