@@ -22,7 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from microrec.data.schema import PAD
+from microrec.data.schema import PAD, channels
+from microrec.errors import ConfigError
 from microrec.models.embedding import MicroEmbedding
 from microrec.models.neural import NeuralRecommender, last_state, sampled_softmax_loss
 
@@ -244,7 +245,8 @@ class EMBSR(NeuralRecommender):
 
     Args:
         n_items, n_activities, n_dwell: vocabulary sizes (from the data).
-        n_categories: accepted as by every neural model; EMBSR reads no category.
+        n_categories: accepted as by every neural model; EMBSR reads no category, so a
+            `_cat` variant is refused.
         features: sku | sku_act | sku_dwell | full (the shared `MicroEmbedding`'s tables).
         item_dim: d, the product embeddings and every state.
         activity_dim, dwell_dim: operation embedding size per channel.
@@ -281,6 +283,10 @@ class EMBSR(NeuralRecommender):
         n_negatives: int = 2048,
     ):
         super().__init__(loss, init)
+        if "category" in channels(features):
+            raise ConfigError(f"features={features}: EMBSR reads no product categories (its "
+                              "micro-behaviors are operations on edges); use features="
+                              f"{features.removesuffix('_cat')}.")
         self.save_hyperparameters()
         d = item_dim
         # the tables are read one by one (products for nodes, operations for edges and

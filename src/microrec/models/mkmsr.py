@@ -138,10 +138,12 @@ class MKMSR(NeuralRecommender):
 
     Args:
         n_items, n_activities, n_dwell: vocabulary sizes (from the data).
-        n_categories: category vocabulary size (from the data; not read yet).
+        n_categories: category vocabulary size (from the data; a `_cat` variant only).
         features: sku | sku_act | sku_dwell | full: which operation channels exist.
         item_dim: product embedding and GGNN state size d.
-        activity_dim, dwell_dim: operation embedding sizes per channel.
+        activity_dim, dwell_dim, category_dim: operation embedding sizes per channel (a
+            `_cat` variant's category joins each micro-behavior's operation, as every side
+            channel does).
         hidden_size: the operation GRU's state size (unused with features=sku).
         steps: GGNN propagation rounds (the paper's 1).
         dropout: on the product and operation embeddings (none in the paper).
@@ -160,6 +162,7 @@ class MKMSR(NeuralRecommender):
         item_dim: int = 100,
         activity_dim: int = 16,
         dwell_dim: int = 16,
+        category_dim: int = 16,
         hidden_size: int = 100,
         steps: int = 1,
         dropout: float = 0.0,
@@ -174,7 +177,8 @@ class MKMSR(NeuralRecommender):
         super().__init__(loss, init)
         self.save_hyperparameters()
         self.embed = MicroEmbedding(n_items, n_activities, n_dwell, features, item_dim,
-                                    activity_dim, dwell_dim, dropout, sparse=self.sampled)
+                                    activity_dim, dwell_dim, dropout, sparse=self.sampled,
+                                    n_categories=n_categories, category_dim=category_dim)
         self.ggnn = GGNN(item_dim, steps)
         side = self.embed.dim - item_dim  # the operation channels' width
         self.operation = nn.GRU(side, hidden_size, batch_first=True) if side else None
