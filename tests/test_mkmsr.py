@@ -18,7 +18,8 @@ QUIET = dict(logger=False, enable_checkpointing=False, enable_progress_bar=False
 
 
 def build(dm, **kw):
-    return MKMSR(dm.n_items, dm.n_activities, dm.n_dwell, **{**SMALL, **kw})
+    return MKMSR(dm.n_items, dm.n_activities, dm.n_dwell, n_categories=dm.n_categories,
+                 **{**SMALL, **kw})
 
 
 def graph_by_hand(row: list[int]) -> tuple[list[int], list[int], list[list[float]]]:
@@ -130,13 +131,13 @@ def test_scores_do_not_depend_on_padding(dm, features):
 
 @pytest.mark.parametrize("features", list(FEATURES))
 def test_each_feature_variant_has_the_operation_channels_it_names(dm, features):
-    """features=sku is the GGNN alone: no activity or dwell table and no operation GRU."""
+    """features=sku is the GGNN alone: no side table and no operation GRU."""
     model = build(dm, features=features)
     batch = dm.dataset("train")[list(range(16))]
     loss = model.training_loss(batch)
     loss.backward()
     assert torch.isfinite(loss)
-    for channel in ("activity", "dwell"):
+    for channel in ("activity", "dwell", "category"):
         table = getattr(model.embed, channel)
         assert (table is not None) == (channel in FEATURES[features])
         if table is not None:
