@@ -45,7 +45,8 @@ def _no_hydra_config_left():
 def test_every_search_shares_the_budget_and_searches_its_models_own_keys(tmp_path,
                                                                          monkeypatch):
     monkeypatch.chdir(tmp_path)  # the storage's folder is made where the sweep runs
-    assert SEARCHES == ["embsr", "gru4rec", "mkmsr", "narm", "repeatnet", "rib", "sasrec"]
+    assert SEARCHES == ["embsr", "gru4rec", "hup", "mkmsr", "narm", "repeatnet", "rib",
+                        "sasrec"]
     budgets = set()
     for name in SEARCHES:
         cfg = compose_job([f"hparams_search={name}", f"cache_dir={tmp_path}"])
@@ -74,13 +75,14 @@ def test_every_search_has_a_tuned_row_in_experiment_tuned_and_in_the_table():
     rows = params.row.split(",")
     assert {f"{name}_tuned" for name in SEARCHES} <= set(rows)
     assert {"stan", "rib_tuned_sku", "rib_tuned_sku_act", "rib_tuned_sku_dwell"} <= set(rows)
-    for name in ("mkmsr", "embsr"):  # each micro-behavior model's full against its own sku
+    for name in ("hup", "mkmsr", "embsr"):  # each micro-behavior model's full against its own sku
         sku = compose_job([f"+row={name}_tuned_sku", "data=jd_computers"])
         assert f"{name}_tuned_sku" in rows and row_of(sku)[0] == "sku"
         assert sku.hydra.runtime.choices.tuned == f"{name}/jd_computers"
     untuned_rows = {"rib": "rib_re_tied_nb_full", "narm": "narm_sku", "sasrec": "sasrec_sku",
                     "repeatnet": "repeatnet_sku", "gru4rec": "gru4rec",
-                    "mkmsr": "mkmsr_full", "embsr": "embsr_full"}  # the same settings
+                    "mkmsr": "mkmsr_full", "embsr": "embsr_full",
+                    "hup": "hup_full"}  # the same settings
     for name in SEARCHES:
         untuned = compose_job([f"+row={untuned_rows[name]}", "data=jd_computers"])
         cfg = compose_job([f"+row={name}_tuned", "data=jd_computers"])
