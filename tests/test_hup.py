@@ -9,10 +9,8 @@ from conftest import compose_cfg
 from torch import nn
 
 from microrec.data.module import MicroDataModule
-from microrec.data.schema import FEATURES, PAD
+from microrec.data.schema import FEATURES
 from microrec.data.synthetic import SyntheticSource
-from microrec.models import hup
-from microrec.models.embedding import MicroEmbedding
 from microrec.models.hup import HUP, BehaviorLSTM, LevelAttention, compact, run_ends
 from microrec.models.pop import Pop
 from microrec.reports.results import row_of
@@ -21,32 +19,11 @@ SMALL = dict(item_dim=8, activity_dim=4, dwell_dim=4, hidden_size=12, attention_
              init="random")
 QUIET = dict(logger=False, enable_checkpointing=False, enable_progress_bar=False,
              enable_model_summary=False)
-N_CATEGORIES = 7
 
 
 def build(dm, **kw):
-    return HUP(dm.n_items, dm.n_activities, dm.n_dwell, **{**SMALL, **kw})
-
-
-class CategoryEmbedding(MicroEmbedding):
-    """MicroEmbedding with a `category` table, as features=*_cat will build it: stands in
-    for the category channel until the embedding block has one."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.category = nn.Embedding(N_CATEGORIES, 5, padding_idx=PAD)
-        self.dim += self.category.embedding_dim
-
-    def tables(self) -> dict[str, nn.Embedding]:
-        category = getattr(self, "category", None)  # absent while the base class is built
-        return {**super().tables(), **({"category": category} if category is not None else {})}
-
-
-def with_category(batch):
-    """The batch with a category per micro-behavior (a function of the product; 0 on padding)."""
-    item = batch["item"]  # (B, T)
-    category = torch.where(item != PAD, 2 + item % (N_CATEGORIES - 2), PAD)  # (B, T)
-    return {**batch, "category": category}
+    return HUP(dm.n_items, dm.n_activities, dm.n_dwell, n_categories=dm.n_categories,
+               **{**SMALL, **kw})
 
 
 # -- the Behavior-LSTM, by hand ------------------------------------------------------------
@@ -192,25 +169,26 @@ def test_every_feature_variant_runs_forward_and_backward(dm, features):
     loss = model.training_loss(batch)
     loss.backward()
     assert torch.isfinite(loss)
-    for channel in ("activity", "dwell"):
+    for channel in ("activity", "dwell", "category"):
         table = getattr(model.embed, channel)
         assert (table is not None) == (channel in FEATURES[features])
         if table is not None:
             assert table.weight.grad.abs().sum() > 0
+    assert (model.category is not None) == features.endswith("_cat")
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
 
 
-def test_the_category_level_reads_the_category_table_of_the_embedding_block(dm, monkeypatch):
-    monkeypatch.setattr(hup, "MicroEmbedding", CategoryEmbedding)
-    model = build(dm, features="full").eval()
+def test_the_category_level_reads_the_category_table_of_the_embedding_block(dm):
+    model = build(dm, features="full_cat").eval()
     assert model.category is not None and model.user.in_features == 3 * 12
     ds = dm.dataset("val")
     lengths = ds.lengths()
     short, long = int(lengths.argmin()), int(lengths.argmax())
-    batch = with_category(ds[list(range(16))])
+    batch = ds[list(range(16))]
+    assert (batch["category"] >= 2).any()
     with torch.no_grad():
-        alone = model(with_category(ds[[short]]))
-        padded = model(with_category(ds[[long, short, long]]))[1:2]
+        alone = model(ds[[short]])
+        padded = model(ds[[long, short, long]])[1:2]
         scores = model(batch)
         other = model({**batch, "category": torch.where(batch["category"] == 2, 3,
                                                          batch["category"])})
