@@ -70,9 +70,17 @@ class STAN(SessionKNN):
         if self.hparams.lambda2 is None or not self.timed or not sim.size:
             return sim
         time = self._time[pairs.session]  # (P,)
-        # sessions are in time order: each input's newest candidate is its last pair
-        newest = self._time[pairs.session[np.maximum(pairs.ptr[1:] - 1, 0)]]  # (B,)
+        newest = self._time[pairs.newest]  # (B,) sessions are in time order
         return sim * np.exp(-(newest[pairs.row] - time) / (self.hparams.lambda2 * DAY_S))
+
+    def lone_order(self) -> tuple[np.ndarray, float | None]:
+        if self.hparams.lambda2 is None or not self.timed:
+            return super().lone_order()  # sim = w(j) / (|w| sqrt(|n|)): the smaller first
+        # sim = w(j) / |w| exp(-t / lambda2) * exp(key): the time and the size of a session
+        # both count, and the key's rounding differs from the similarity's; the margin is far
+        # wider than either (their relative errors are some 1e-16 times the key's magnitude)
+        key = self._time / (self.hparams.lambda2 * DAY_S) - 0.5 * np.log(self._size)
+        return key, 1e-9 * max(1.0, float(np.abs(key).max(initial=0)))
 
     def item_weights(self, query: Query, near: Neighbours) -> np.ndarray | float:
         if self.hparams.lambda3 is None:

@@ -33,3 +33,7 @@ class VSKNN(SessionKNN):
     def item_weights(self, query: Query, near: Neighbours) -> np.ndarray:
         steps = query.visits[near.row] - near.most(near.input_pos) + 1  # (K,) from 1
         return (1.0 / steps)[near.owner]  # (X,) one decay per neighbour
+
+    def lone_order(self) -> tuple[np.ndarray, float | None]:
+        # sim = w(j) / |s| for every session that shares only j: the newest first
+        return np.zeros(self._size.size), None
