@@ -188,7 +188,7 @@ def shared_by_several(query: Query, weight: np.ndarray, pairs: PairLists, n_item
     # by input, then session; in each (input, session) its shared pairs in query order
     code = np.sort((row[pair] * n_sessions + pairs.session[entry]) << shift | pair)  # (E,)
     group, pair = code >> shift, code & ((1 << shift) - 1)  # (E,) input * S + session, pair
-    first = np.flatnonzero(np.concatenate([[True], group[1:] != group[:-1]]))  # (G,)
+    first = np.flatnonzero(np.concatenate([group[:1] >= 0, group[1:] != group[:-1]]))  # (G,)
     n_pairs = np.diff(first, append=group.size)  # (G,) c (c - 1) / 2 for c shared products
     # a group's first c - 1 pairs are (a1, a2), ..., (a1, ac): its shared products in order
     head = pair[first]  # (G,) (a1, a2)
