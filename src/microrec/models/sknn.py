@@ -71,7 +71,7 @@ def expand(start: np.ndarray, count: np.ndarray) -> tuple[np.ndarray, np.ndarray
     """Ranges [start, start + count) laid end to end: (X,) owner of each element and its index."""
     owner = np.repeat(np.arange(count.size), count)
     first = np.cumsum(count) - count  # (R,) where each range begins in the output
-    return owner, start[owner] + np.arange(owner.size) - first[owner]
+    return owner, np.repeat(start - first, count) + np.arange(owner.size)
 
 
 def kth_largest(ptr: np.ndarray, values: np.ndarray, k: int) -> np.ndarray:
@@ -180,23 +180,27 @@ def shared_by_several(query: Query, weight: np.ndarray, pairs: PairLists, n_item
     row = query.row[a]  # (R,) sorted
     at, found = locate(pairs.key, query.item[a] * n_items + query.item[b])  # (R,)
     start = pairs.ptr[at]
-    pair, entry = expand(start, np.where(found, pairs.ptr[at + 1] - start, 0))  # (E,)
+    count = np.where(found, pairs.ptr[at + 1] - start, 0)  # (R,) sessions holding each pair
     shift = max(a.size, 1).bit_length()  # pair numbers take the low bits of a code
     if B * n_sessions >= 2 ** (63 - shift):
         raise ConfigError(f"a batch of {B} inputs over {n_sessions} training sessions is too "
                           f"large for the exact neighbour search; lower the eval batch size.")
-    # by input, then session; in each (input, session) its shared pairs in query order
-    code = np.sort((row[pair] * n_sessions + pairs.session[entry]) << shift | pair)  # (E,)
-    group, pair = code >> shift, code & ((1 << shift) - 1)  # (E,) input * S + session, pair
+    # one code per (pair, session holding it): input, session, then the pair's number; sorted,
+    # by input, then session, and in each (input, session) its shared pairs in query order
+    _, entry = expand(start, count)  # (E,)
+    code = np.repeat((row * n_sessions << shift) + np.arange(a.size), count)  # (E,)
+    code += pairs.session[entry].astype(np.int64) << shift
+    code.sort()
+    group, mask = code >> shift, (1 << shift) - 1  # (E,) input * S + session
     first = np.flatnonzero(np.concatenate([group[:1] >= 0, group[1:] != group[:-1]]))  # (G,)
     n_pairs = np.diff(first, append=group.size)  # (G,) c (c - 1) / 2 for c shared products
     # a group's first c - 1 pairs are (a1, a2), ..., (a1, ac): its shared products in order
-    head = pair[first]  # (G,) (a1, a2)
+    head = code[first] & mask  # (G,) (a1, a2)
     total = weight[a[head]] + weight[b[head]]  # (G,)
     more = np.flatnonzero(n_pairs > 1)  # (G',) three or more
     for r in range(1, int(np.sqrt(2 * n_pairs.max(initial=1))) + 1):
         more = more[n_pairs[more] > r * (r + 1) // 2]  # c > r + 1
-        total[more] += weight[b[pair[first[more] + r]]]
+        total[more] += weight[b[code[first[more] + r] & mask]]
     row = row[head]  # (G,)
     return row, group[first] - row * n_sessions, total
 
@@ -244,7 +248,7 @@ def sharing_one(query: Query, lists: ProductLists, k: int, holds, lone_sim,
         ended = np.flatnonzero(read > lo)  # (Q',) the rest of the last entry's run
         owner, entry = expand(read[ended], lists.run_end[read[ended] - 1] - read[ended])
         keep(entry, ended[owner])
-    q, session, sim = (np.concatenate(c) for c in zip(*kept))
+    q, session, sim = (np.concatenate(c) for c in zip(*kept, strict=True))
     order = np.argsort(q, kind="stable")  # by input, as the rounds read them
     return q[order], session[order], sim[order]
 
@@ -425,9 +429,10 @@ class SessionKNN(FitFromData):
         B, n_items, k = query.visits.size, self.hparams.n_items, self.hparams.k
         row, session, total = shared_by_several(query, weight, self._pairs, n_items,
                                                 self._size.size)  # (G,) sorted by input
-        several = Pairs(row=row, session=session, weight=total, newest=newest)
-        sim = self.similarity(query, weight, several)  # (G,)
+        sim = self.similarity(query, weight, Pairs(row=row, session=session, weight=total,
+                                                   newest=newest))  # (G,)
         floor = kth_largest(np.searchsorted(row, np.arange(B + 1)), sim, k)  # (B,)
+        row, session, total, sim = self._above(floor, row, session, total, sim)
 
         def lone_sim(entry: np.ndarray, session: np.ndarray) -> np.ndarray:
             return self.similarity(query, weight, Pairs(
@@ -443,6 +448,18 @@ class SessionKNN(FitFromData):
             pairs.row, pairs.session = pairs.row[keep], pairs.session[keep]
             pairs.weight, pairs.sim = pairs.weight[keep], pairs.sim[keep]
         return pairs
+
+    def _above(self, floor: np.ndarray, row: np.ndarray, *columns: np.ndarray) -> list:
+        """The pairs (sorted by input, then session) that can be among the k nearest: above
+        the floor, or at it and among the k newest there (equal similarities)."""
+        sim = columns[-1]
+        at = np.flatnonzero(sim == floor[row])  # (T,) ties with the k-th, oldest first
+        ties = np.bincount(row[at], minlength=floor.size)  # (B,)
+        from_end = np.cumsum(ties)[row[at]] - 1 - np.arange(at.size)  # (T,) 0: the newest
+        keep = sim > floor[row]  # (G,)
+        keep[at[from_end < self.hparams.k]] = True
+        keep = np.flatnonzero(keep)
+        return [row[keep], *(c[keep] for c in columns)]
 
     def holds(self, query: Query):
         """A function (rows, sessions) -> how many of the input's products each session holds."""
