@@ -340,7 +340,7 @@ def test_the_exact_search_follows_the_formulas_written_out(name, timed, tmp_path
         assert np.allclose(got[row], expected, rtol=1e-5, atol=1e-7), (row, items)
 
 
-def test_lone_lists_keep_near_ties_together_where_keys_round(tmp_path):
+def test_lone_lists_keep_near_ties_together_where_keys_round():
     # keys of one product's sessions, best first: 3.0, 3.0 - 1e-12, 2.0, 2.0 - 2e-12, 1.0
     key = np.array([3.0, 3.0 - 1e-12, 2.0, 2.0 - 2e-12, 1.0])
     ptr, item = np.arange(6), np.full(5, NUM_SPECIAL)  # five sessions of one product each

@@ -184,7 +184,7 @@ def shared_by_several(query: Query, weight: np.ndarray, pairs: PairLists, n_item
     shift = max(a.size, 1).bit_length()  # pair numbers take the low bits of a code
     if B * n_sessions >= 2 ** (63 - shift):
         raise ConfigError(f"a batch of {B} inputs over {n_sessions} training sessions is too "
-                          f"large for the exact neighbour search; lower the eval batch size.")
+                          f"large for the exact neighbour search; lower data.eval_batch_size.")
     # one code per (pair, session holding it): input, session, then the pair's number; sorted,
     # by input, then session, and in each (input, session) its shared pairs in query order
     _, entry = expand(start, count)  # (E,)
@@ -265,12 +265,21 @@ class SessionKNN(FitFromData):
     Candidates are the training sessions that share a product with the input (any other has
     similarity 0). Where every training session has a timestamp, only the `sample_size` most
     recent candidates are compared (session-rec's sampling='recent'); without timestamps
-    (the JD lines) every candidate is, and `fit` says so in the log. Equal similarities are
-    broken towards the more recent session (the later one in the split without timestamps).
-    session-rec divides the scores by their maximum; ranks do not change, so it is left out.
+    (the JD lines) every candidate counts, and `fit` says so in the log. Equal similarities
+    are broken towards the more recent session (the later one in the split without
+    timestamps). session-rec divides the scores by their maximum; ranks do not change, so it
+    is left out.
+
+    Without sampling the search is exact but does not compare every candidate: those that
+    share two or more products with the input come from an index of the sessions of each
+    pair of products, and those that share one product j only from j's sessions in the
+    order such sessions rank (`lone_order`), read until k of them are found or they fall
+    below the k-th similarity already reached. The result, scores and ties included, is the
+    same to the bit as comparing every candidate.
 
     The fitted state is the training sessions, whose sizes follow the data: checkpoints
-    reload because `_load_from_state_dict` takes the saved sizes.
+    reload because `_load_from_state_dict` takes the saved sizes, and the indexes are
+    rebuilt from them.
 
     Args:
         n_items: product vocabulary size (from the data).

@@ -17,9 +17,9 @@ class VSKNN(SessionKNN):
     neighbours, and score(j) = sum over the neighbours n that contain j of sim(s, n) / d(n),
     d(n) = 1 + the number of visits in s after the last visit to a product n shares
     (weighting_score='div': 1 for a neighbour that holds the input's last product).
-    Candidates, recency sampling (`sample_size`, session-rec's default 1000), ties and
-    checkpoints as `SessionKNN`, and so are the arguments; no score normalisation (ranks do
-    not change).
+    Candidates, recency sampling (`sample_size`, session-rec's default 1000), the exact
+    search without it, ties and checkpoints as `SessionKNN`, and so are the arguments; no
+    score normalisation (ranks do not change).
     """
 
     name = "vsknn"
