@@ -216,11 +216,14 @@ def test_stan_skips_the_recency_decay_without_timestamps(tmp_path, caplog):
 
 
 @pytest.mark.parametrize("cls", [SessionKNN, VSKNN, STAN])
-def test_an_input_of_unknown_products_has_no_neighbours(cls, tmp_path):
+@pytest.mark.parametrize("sample_size", [1000, None])
+def test_an_input_of_unknown_products_has_no_neighbours(cls, sample_size, tmp_path):
     dm, ids = training_data(STAN_SESSIONS, tmp_path, days=STAN_DAYS)
-    scores = fitted(cls, dm)(batch([UNK, UNK], [ids["c"]]))  # (2, N)
+    model = fitted(cls, dm, sample_size=sample_size)
+    scores = model(batch([UNK, UNK], [ids["c"]]))  # (2, N)
     assert torch.all(scores[0, NUM_SPECIAL:] == 0)
     assert scores[1, ids["d"]] > 0  # the other input in the batch still gets its neighbours
+    assert torch.all(model(batch([UNK]))[0, NUM_SPECIAL:] == 0)  # nothing to search at all
 
 
 def test_knn_settings_that_cannot_work_are_refused():
@@ -421,10 +424,12 @@ def shared_cache(tmp_path_factory):
     return tmp_path_factory.mktemp("cache")
 
 
-@pytest.mark.parametrize("name", MODELS)
-def test_a_knn_model_goes_through_train_and_reloads_identically(name, tmp_path, shared_cache):
+@pytest.mark.parametrize("name, options", [(name, []) for name in MODELS] + [
+    ("stan", ["model.sample_size=null"])])  # the exact search's indexes are rebuilt on load
+def test_a_knn_model_goes_through_train_and_reloads_identically(name, options, tmp_path,
+                                                                shared_cache):
     data = [o for o in TINY if not o.startswith("model.")]  # the tiny sizes are RIB's
-    cfg = compose_cfg(tmp_path, [*data, f"model={name}", f"cache_dir={shared_cache}"],
+    cfg = compose_cfg(tmp_path, [*data, f"model={name}", f"cache_dir={shared_cache}", *options],
                       tiny=False)
     assert cfg.features.name == "sku" and "encoder" not in cfg and "attention" not in cfg
     metrics = train(cfg)
