@@ -1,5 +1,7 @@
 """Repeat and the session-kNN peers (S-KNN, V-SKNN, STAN) on sessions where the right scores
-are worked out by hand, S-KNN against a dense computation, and each through a real run."""
+are worked out by hand, S-KNN against a dense computation, the exact search without sampling
+against comparing every candidate and against the formulas written out session by session,
+and each through a real run."""
 
 import json
 import logging
@@ -9,6 +11,7 @@ import hydra
 import numpy as np
 import polars as pl
 import pytest
+import scipy.sparse as sp
 import torch
 from conftest import ROOT, TINY, compose_cfg
 from test_baselines import batch, scores_by_name
@@ -21,7 +24,7 @@ from microrec.errors import ConfigError
 from microrec.metrics import KS
 from microrec.models.ranking import RankingMetrics, target_rank
 from microrec.models.repeat import Repeat
-from microrec.models.sknn import SessionKNN
+from microrec.models.sknn import Pairs, SessionKNN, inputs, product_lists, shared_by_several
 from microrec.models.stan import STAN
 from microrec.models.vsknn import VSKNN
 from microrec.reports.results import row_of
@@ -213,11 +216,14 @@ def test_stan_skips_the_recency_decay_without_timestamps(tmp_path, caplog):
 
 
 @pytest.mark.parametrize("cls", [SessionKNN, VSKNN, STAN])
-def test_an_input_of_unknown_products_has_no_neighbours(cls, tmp_path):
+@pytest.mark.parametrize("sample_size", [1000, None])
+def test_an_input_of_unknown_products_has_no_neighbours(cls, sample_size, tmp_path):
     dm, ids = training_data(STAN_SESSIONS, tmp_path, days=STAN_DAYS)
-    scores = fitted(cls, dm)(batch([UNK, UNK], [ids["c"]]))  # (2, N)
+    model = fitted(cls, dm, sample_size=sample_size)
+    scores = model(batch([UNK, UNK], [ids["c"]]))  # (2, N)
     assert torch.all(scores[0, NUM_SPECIAL:] == 0)
     assert scores[1, ids["d"]] > 0  # the other input in the batch still gets its neighbours
+    assert torch.all(model(batch([UNK]))[0, NUM_SPECIAL:] == 0)  # nothing to search at all
 
 
 def test_knn_settings_that_cannot_work_are_refused():
@@ -229,6 +235,186 @@ def test_knn_settings_that_cannot_work_are_refused():
         STAN(10, lambda3=0)
 
 
+# -- the exact search without sampling --------------------------------------------------------
+LETTERS = "abcdefghijkl"
+
+
+def random_sessions(seed: int, n: int) -> list[str]:
+    """`n` sessions over a dozen products: many equal sessions, popular pairs, long lists."""
+    rng = np.random.default_rng(seed)
+    return ["".join(rng.choice(list(LETTERS), size=rng.integers(2, 8))) for _ in range(n)]
+
+
+def random_inputs(seed: int, ids: dict[str, int], n: int) -> dict[str, torch.Tensor]:
+    """`n` inputs of 1-9 micro-behaviors, repeats, revisits and unknown products included."""
+    rng = np.random.default_rng(seed)
+    pool = [ids[c] for c in LETTERS if c in ids] + [UNK]
+    return batch(*[rng.choice(pool, size=rng.integers(1, 10)).tolist() for _ in range(n)])
+
+
+def every_candidate(model, query, weight) -> Pairs:
+    """The search before the exact one: every session that shares a product with the input,
+    from one sparse product over all the training sessions, all of them compared."""
+    B, N, S = query.visits.size, model.hparams.n_items, model._size.size
+    session = np.repeat(np.arange(S), model._size)
+    index = sp.csr_matrix((np.ones(session.size), (model._item, session)), shape=(N, S))
+    shared = (sp.csr_matrix((weight, (query.row, query.item)), shape=(B, N)) @ index).tocoo()
+    newest = np.full(B, -1)
+    np.maximum.at(newest, shared.row, shared.col)
+    pairs = Pairs(row=shared.row.astype(np.int64), session=shared.col, weight=shared.data,
+                  newest=newest)
+    pairs.sim = model.similarity(query, weight, pairs)
+    pairs.floor = np.full(B, -np.inf)
+    return pairs
+
+
+EXACT_CASES = [(cls, timed, k) for cls in (SessionKNN, VSKNN, STAN) for timed in (False, True)
+               for k in (1, 4, 30)]
+
+
+@pytest.mark.parametrize("cls, timed, k", EXACT_CASES)
+def test_the_exact_search_equals_comparing_every_candidate_to_the_bit(cls, timed, k, tmp_path):
+    sessions = random_sessions(k, 300)
+    days = np.random.default_rng(k).integers(0, 3, len(sessions)).tolist() if timed else None
+    dm, ids = training_data(sessions, tmp_path, days)  # equal times where timed: more ties
+    options = {"lambda1": 0.7, "lambda2": 0.5, "lambda3": 1.5} if cls is STAN else {}
+    model = fitted(cls, dm, k=k, sample_size=None, **options)
+    query = random_inputs(k, ids, 200)
+    got = model(query)
+    q = inputs(query, model.hparams.n_items)
+    weight = model.query_weights(q)
+    compared, every = model.candidates(q, weight), every_candidate(model, q, weight)
+    assert compared.row.size < every.row.size  # the point: some are never compared
+    model.candidates = lambda q, w: every_candidate(model, q, w)
+    assert torch.equal(got, model(query))
+
+
+def written_out(name: str, train, items: list[int], k: int, n_items: int) -> np.ndarray:
+    """(N,) one input's scores session by session, from the models' definitions (docs/
+    baselines.md) with STAN's lambdas 0.7, 0.5 and 1.5."""
+    def visits(seq):  # macro interactions on known products; last position of each
+        seq = [i for i in seq if i >= NUM_SPECIAL]
+        seq = [i for n, i in enumerate(seq) if n == 0 or seq[n - 1] != i]
+        return len(seq), {i: p for p, i in enumerate(seq, 1)}
+
+    length, pos = visits(items)
+    w = {"sknn": {i: 1.0 for i in pos}, "vsknn": {i: p / length for i, p in pos.items()},
+         "stan": {i: e((p - length) / 0.7) for i, p in pos.items()}}[name]
+    norm = math.sqrt(sum(w[i] ** 2 for i in sorted(pos)))
+    sessions = [visits(s)[1] for s in np.split(train.tokens[:, 0], train.session_end[:-1])]
+    time, timed = train.session_time, bool(np.isfinite(train.session_time).all())
+    recency = np.argsort(np.argsort(time, kind="stable"), kind="stable")
+    candidates = []
+    for n, where in enumerate(sessions):
+        shared = [i for i in sorted(where) if i in pos]
+        total = sum((w[i] for i in shared), 0.0)
+        if not shared or total == 0:
+            continue
+        sim = {"sknn": total / math.sqrt(len(pos) * len(where)), "vsknn": total / len(pos),
+               "stan": total / (norm * math.sqrt(len(where)))}[name]
+        candidates.append((sim, recency[n], n, shared))
+    if name == "stan" and timed and candidates:
+        newest = max(time[n] for _, _, n, _ in candidates)
+        candidates = [(sim * e(-(newest - time[n]) / (0.5 * DAY)), r, n, shared)
+                      for sim, r, n, shared in candidates]
+    scores = np.zeros(n_items)
+    for sim, _, n, shared in sorted(candidates, key=lambda c: (-c[0], -c[1]))[:k]:
+        anchor = max(sessions[n][i] for i in shared)  # STAN: the latest shared position in n
+        for j, p in sessions[n].items():
+            scores[j] += {"sknn": sim, "stan": sim * e(-abs(p - anchor) / 1.5),
+                          "vsknn": sim / (length - max(pos[i] for i in shared) + 1)}[name]
+    scores[:NUM_SPECIAL] = NEG
+    return scores
+
+
+@pytest.mark.parametrize("name, timed", [(n, t) for n in ("sknn", "vsknn", "stan")
+                                         for t in (False, True)])
+def test_the_exact_search_follows_the_formulas_written_out(name, timed, tmp_path):
+    sessions = random_sessions(7, 200)
+    days = np.random.default_rng(7).integers(0, 4, len(sessions)).tolist() if timed else None
+    dm, ids = training_data(sessions, tmp_path, days)
+    cls, options = MODELS[name], {"lambda1": 0.7, "lambda2": 0.5, "lambda3": 1.5}
+    model = fitted(cls, dm, k=5, sample_size=None, **(options if name == "stan" else {}))
+    query = random_inputs(7, ids, 60)
+    got = model(query).numpy()
+    for row in range(got.shape[0]):
+        items = query["item"][row, :query["length"][row]].tolist()
+        expected = written_out(name, dm.prepared.splits["train"], items, 5, dm.n_items)
+        assert np.allclose(got[row], expected, rtol=1e-5, atol=1e-7), (row, items)
+
+
+def test_lone_lists_keep_near_ties_together_where_keys_round():
+    # keys of one product's sessions, best first: 3.0, 3.0 - 1e-12, 2.0, 2.0 - 2e-12, 1.0
+    key = np.array([3.0, 3.0 - 1e-12, 2.0, 2.0 - 2e-12, 1.0])
+    ptr, item = np.arange(6), np.full(5, NUM_SPECIAL)  # five sessions of one product each
+    lists = product_lists(ptr, item, NUM_SPECIAL + 1, key, margin=1e-9)
+    assert lists.session.tolist() == [0, 1, 2, 3, 4]
+    assert lists.run_end.tolist() == [2, 2, 4, 4, 5]  # a run ends where the keys part
+    assert lists.latest[NUM_SPECIAL] == 4
+    exact = product_lists(ptr, item, NUM_SPECIAL + 1, np.zeros(5), margin=None)
+    assert exact.session.tolist() == [4, 3, 2, 1, 0] and exact.run_end is None  # newest first
+
+
+def test_several_shared_products_are_summed_in_product_order_to_the_bit(tmp_path):
+    dm, ids = training_data(random_sessions(3, 300), tmp_path)
+    model = fitted(SessionKNN, dm, sample_size=None)
+    q = inputs(random_inputs(3, ids, 100), model.hparams.n_items)
+    weight = np.random.default_rng(3).random(q.item.size) * 10.0 ** np.arange(q.item.size % 7)[
+        np.arange(q.item.size) % (q.item.size % 7 or 1)]  # magnitudes apart: order shows
+    row, session, total = shared_by_several(q, weight, model._pairs, model.hparams.n_items,
+                                            model._size.size)
+    expected = {}
+    for r in range(q.visits.size):
+        mine = {i: w for i, w, rr in zip(q.item, weight, q.row, strict=True) if rr == r}
+        for n in range(model._size.size):
+            shared = sorted(set(model._item[model._ptr[n]:model._ptr[n + 1]]) & set(mine))
+            if len(shared) >= 2:
+                expected[r, n] = 0.0
+                for i in shared:  # one by one, the smallest product first
+                    expected[r, n] += mine[i]
+    assert list(zip(row.tolist(), session.tolist(), strict=True)) == sorted(expected)
+    assert total.tolist() == [expected[key] for key in sorted(expected)]  # exact, not close
+
+
+def test_a_session_sharing_one_product_wins_a_tie_with_the_kth_as_the_newer(tmp_path):
+    dm, ids = training_data(["ab", "jx"], tmp_path, days=[0, 1])
+    model = fitted(VSKNN, dm, k=1, sample_size=None)
+    # input a b j: weights 1/3, 2/3, 1 over 3 products; ab (two shared) 1/3, jx (one) 1/3
+    assert (1 / 3 + 2 / 3) / 3 == 1 / 3
+    got = scores_by_name(model(batch([ids["a"], ids["b"], ids["j"]]))[0], ids)
+    assert got == pytest.approx({"a": 0, "b": 0, "j": 1 / 3, "x": 1 / 3})  # jx, the newer
+
+
+def test_stan_lets_the_similarities_order_sessions_whose_keys_nearly_tie(tmp_path):
+    """Two sessions sharing only j with the input, whose keys (time and size) order them
+    one way and whose similarities, rounded, the other: the search reads both."""
+    scale = 1e11 * DAY  # lambda2 = 1e11 days: the time term is as fine as the rounding
+    newer = 4 * 10 ** 15
+    near = int(newer + 0.5 * scale * math.log(2 / 3))
+    older = np.arange(near - 300, near + 300, dtype=np.float64)  # (C,)
+    time, size = np.stack([older, np.full_like(older, newer)], 1), np.array([2.0, 3.0])
+    key = time / scale - 0.5 * np.log(size)  # (C, 2) as STAN.lone_order
+    sim = 1 / np.sqrt(size) * np.exp(-(newer - time) / scale)  # (C, 2) as STAN.similarity
+    flips = np.flatnonzero((key[:, 0] > key[:, 1]) & (sim[:, 0] < sim[:, 1]))
+    assert flips.size  # the keys put the older session first, the similarities the newer
+    rows = [(0, 0, "j", int(older[flips[0]])), (0, 1, "x", int(older[flips[0]])),
+            (1, 0, "j", newer), (1, 1, "y", newer), (1, 2, "z", newer)]
+    events = pl.DataFrame(rows, schema={"session": pl.Int64, "pos": pl.Int32,
+                                        "item": pl.String, "ts": pl.Int64}, orient="row")
+    dm = MicroDataModule(FrameSource(events), features="sku", split=(1.0, 0.0, 0.0),
+                         cache_dir=str(tmp_path))
+    dm.setup()
+    ids = {name: i + NUM_SPECIAL for i, name in enumerate(dm.prepared.items)}
+    model = fitted(STAN, dm, k=1, sample_size=None, lambda2=1e11)
+    lists = model._lists
+    assert lists.session[lists.ptr[ids["j"]]:lists.ptr[ids["j"] + 1]].tolist() == [0, 1]
+    query = batch([ids["j"]])
+    got = model(query)
+    assert got[0, ids["y"]] > 0 and got[0, ids["x"]] == 0  # the newer one, jyz, is nearest
+    model.candidates = lambda q, w: every_candidate(model, q, w)
+    assert torch.equal(got, model(query))
+
+
 # -- through a real run -------------------------------------------------------------------------
 MODELS = {"repeat": Repeat, "sknn": SessionKNN, "vsknn": VSKNN, "stan": STAN}
 
@@ -238,10 +424,12 @@ def shared_cache(tmp_path_factory):
     return tmp_path_factory.mktemp("cache")
 
 
-@pytest.mark.parametrize("name", MODELS)
-def test_a_knn_model_goes_through_train_and_reloads_identically(name, tmp_path, shared_cache):
+@pytest.mark.parametrize("name, options", [(name, []) for name in MODELS] + [
+    ("stan", ["model.sample_size=null"])])  # the exact search's indexes are rebuilt on load
+def test_a_knn_model_goes_through_train_and_reloads_identically(name, options, tmp_path,
+                                                                shared_cache):
     data = [o for o in TINY if not o.startswith("model.")]  # the tiny sizes are RIB's
-    cfg = compose_cfg(tmp_path, [*data, f"model={name}", f"cache_dir={shared_cache}"],
+    cfg = compose_cfg(tmp_path, [*data, f"model={name}", f"cache_dir={shared_cache}", *options],
                       tiny=False)
     assert cfg.features.name == "sku" and "encoder" not in cfg and "attention" not in cfg
     metrics = train(cfg)

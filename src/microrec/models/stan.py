@@ -32,7 +32,8 @@ class STAN(SessionKNN):
       p_n* the latest position in n of a product it shares with the input (as session-rec;
       the paper words it as the shared product most recent in the input).
     score(j) = the sum over the neighbours containing j. Candidates, sampling (session-rec's
-    default sample_size 5000), ties and checkpoints as `SessionKNN`.
+    default sample_size 5000), the exact search without it, ties and checkpoints as
+    `SessionKNN`.
 
     Args:
         n_items: product vocabulary size (from the data).
@@ -70,9 +71,18 @@ class STAN(SessionKNN):
         if self.hparams.lambda2 is None or not self.timed or not sim.size:
             return sim
         time = self._time[pairs.session]  # (P,)
-        # sessions are in time order: each input's newest candidate is its last pair
-        newest = self._time[pairs.session[np.maximum(pairs.ptr[1:] - 1, 0)]]  # (B,)
+        newest = self._time[pairs.newest]  # (B,) sessions are in time order
         return sim * np.exp(-(newest[pairs.row] - time) / (self.hparams.lambda2 * DAY_S))
+
+    def lone_order(self) -> tuple[np.ndarray, float | None]:
+        if self.hparams.lambda2 is None or not self.timed:
+            return super().lone_order()  # sim = w(j) / (|w| sqrt(|n|)): the smaller first
+        # sim = w(j) / |w| * exp(-t / lambda2) * exp(key), t the newest candidate's time and
+        # key = t_n / lambda2 - log(|n|) / 2: time and size both count, so the key's rounding
+        # and the similarity's may order two sessions differently; the margin is far wider
+        # than either (relative errors of some 1e-16 times the key's magnitude)
+        key = self._time / (self.hparams.lambda2 * DAY_S) - 0.5 * np.log(self._size)
+        return key, 1e-9 * max(1.0, float(np.abs(key).max(initial=0)))
 
     def item_weights(self, query: Query, near: Neighbours) -> np.ndarray | float:
         if self.hparams.lambda3 is None:

@@ -17,9 +17,9 @@ class VSKNN(SessionKNN):
     neighbours, and score(j) = sum over the neighbours n that contain j of sim(s, n) / d(n),
     d(n) = 1 + the number of visits in s after the last visit to a product n shares
     (weighting_score='div': 1 for a neighbour that holds the input's last product).
-    Candidates, recency sampling (`sample_size`, session-rec's default 1000), ties and
-    checkpoints as `SessionKNN`, and so are the arguments; no score normalisation (ranks do
-    not change).
+    Candidates, recency sampling (`sample_size`, session-rec's default 1000), the exact
+    search without it, ties and checkpoints as `SessionKNN`, and so are the arguments; no
+    score normalisation (ranks do not change).
     """
 
     name = "vsknn"
@@ -33,3 +33,7 @@ class VSKNN(SessionKNN):
     def item_weights(self, query: Query, near: Neighbours) -> np.ndarray:
         steps = query.visits[near.row] - near.most(near.input_pos) + 1  # (K,) from 1
         return (1.0 / steps)[near.owner]  # (X,) one decay per neighbour
+
+    def lone_order(self) -> tuple[np.ndarray, float | None]:
+        # sim = w(j) / |s| for every session that shares only j: the newest first
+        return np.zeros(self._size.size), None
