@@ -4,14 +4,18 @@ configuration, then a table with each one's time relative to the paper's softmax
     python benchmarks/heads.py                                  # CPU, paper scale
     python benchmarks/heads.py --device cuda                    # on a GPU
     python benchmarks/heads.py --items 20000 --steps 5          # a quick look
+    python benchmarks/heads.py --heads softmax "repeat-explore, tied, neighbours"
 
 A step is what training does per batch: the loss of `RIB.training_loss` (loss=full) or
 `RIB.sampled_loss` (loss=sampled, `--negatives` popularity-drawn negatives), backward and
 the optimizer step(s), on the same random batches for every configuration: `--batch`
 inputs of 1..`--max-len` micro-behaviors over `--items` products (the paper's Appliances
-catalogue: 115k), features=full, attention on, the model's default sizes. The co-occurrence
-expert (model.neighbours) is fitted on random training sessions, so its partner lists are
-full, as on real data; its fitting (once per run) is not timed.
+catalogue: 115k), features=full, attention on, the model's default sizes. Products are drawn
+with the same Zipf-like popularity in the batches as in the random training sessions the
+co-occurrence expert (model.neighbours) is fitted on, so the inputs' products have full
+partner lists, as on real data (the expert's work grows with them), and in the targets the
+sampled loss draws its negatives from (`set_sampling`), so many of them are partners of the
+inputs. The expert's fitting (once per run) is not timed.
 """
 
 from __future__ import annotations
@@ -41,10 +45,15 @@ CONFIGS = {  # name: RIB arguments
 N_ACTIVITIES, N_DWELL = 12, 8
 
 
+def popular(rng, size, n_items: int) -> np.ndarray:
+    """Product ids drawn with Zipf-like popularity (id 2 the most popular)."""
+    return NUM_SPECIAL + (rng.zipf(1.3, size) - 1) % (n_items - NUM_SPECIAL)
+
+
 def random_sessions(args, rng) -> tuple[SplitArrays, int]:
     """A training split of random sessions (Zipf-like products), for the expert's counts."""
     lengths = rng.integers(2, 2 * args.session_len, args.sessions)
-    items = NUM_SPECIAL + (rng.zipf(1.3, lengths.sum()) - 1) % (args.items - NUM_SPECIAL)
+    items = popular(rng, lengths.sum(), args.items)
     tokens = np.zeros((items.size, 3), dtype=np.int32)
     tokens[:, 0] = items
     session_end = np.cumsum(lengths)
@@ -56,15 +65,18 @@ def random_sessions(args, rng) -> tuple[SplitArrays, int]:
 
 
 def random_batches(args, n_examples: int, rng, device) -> list[dict[str, torch.Tensor]]:
+    """Inputs and targets with the sessions' popularity: an input's products are then mostly
+    popular ones, whose partner lists (the expert's work) are full, as on real data."""
     batches = []
     for _ in range(args.warmup + args.steps):
         length = torch.as_tensor(rng.integers(1, args.max_len + 1, args.batch))
         shape = (args.batch, int(length.max()))
         real = torch.arange(shape[1])[None, :] < length[:, None]  # (B, T)
-        item, activity, dwell = (torch.as_tensor(rng.integers(NUM_SPECIAL, high, shape)) * real
-                                 for high in (args.items, N_ACTIVITIES, N_DWELL))
+        item = torch.as_tensor(popular(rng, shape, args.items)) * real
+        activity, dwell = (torch.as_tensor(rng.integers(NUM_SPECIAL, high, shape)) * real
+                           for high in (N_ACTIVITIES, N_DWELL))
         batch = {"item": item, "activity": activity, "dwell": dwell, "length": length,
-                 "target": torch.as_tensor(rng.integers(NUM_SPECIAL, args.items, args.batch)),
+                 "target": torch.as_tensor(popular(rng, args.batch, args.items)),
                  "index": torch.as_tensor(rng.integers(0, n_examples, args.batch))}
         batches.append({k: v.to(device) for k, v in batch.items()})
     return batches
@@ -106,16 +118,22 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--heads", nargs="+", choices=list(CONFIGS), default=list(CONFIGS),
+                        help="the configurations to time (softmax, the baseline, always)")
+    parser.add_argument("--losses", nargs="+", choices=["full", "sampled"],
+                        default=["full", "sampled"])
     parser.add_argument("--out", type=Path, help="also write the JSON lines here")
     args = parser.parse_args()
     device = torch.device(args.device)
     rng = np.random.default_rng(0)
     train, n_examples = random_sessions(args, rng)
     batches = random_batches(args, n_examples, rng, device)
-    log_q_source = rng.integers(NUM_SPECIAL, args.items, 100_000)  # popularity for sampling
+    log_q_source = popular(rng, 100_000, args.items)  # training targets: the sampling's q
     rows = []
-    for loss in ("full", "sampled"):
-        for name, options in CONFIGS.items():
+    heads = ["softmax"] + [name for name in args.heads if name != "softmax"]
+    for loss in args.losses:
+        for name in heads:
+            options = CONFIGS[name]
             torch.manual_seed(0)
             model = RIB(args.items, N_ACTIVITIES, N_DWELL, init="random", loss=loss,
                         n_negatives=args.negatives, **options)

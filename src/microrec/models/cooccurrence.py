@@ -8,7 +8,6 @@ from typing import NamedTuple
 import numpy as np
 import scipy.sparse as sp
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from microrec.data.protocol import SplitArrays
@@ -52,6 +51,17 @@ class Slots(NamedTuple):
     last: torch.Tensor  # true where the input product is the input's last one
 
 
+class Inputs(NamedTuple):
+    """Each input's distinct known products, all (P,), and the batch's distinct products
+    (D,) with their partners, read once however many inputs hold them."""
+
+    row: torch.Tensor  # the example
+    last: torch.Tensor  # true where the product is the input's last one
+    which: torch.Tensor  # the product, as its place in `product`
+    product: torch.Tensor  # (D,)
+    partner: torch.Tensor  # (D, K) their kept partners, PAD in unused slots
+
+
 class Cooccurrence(nn.Module):
     """Scores a * log(1 + C_all(j)) + b * log(1 + C_last(j)) with learned a, b.
 
@@ -70,14 +80,9 @@ class Cooccurrence(nn.Module):
 
     def __init__(self, n_items: int, k: int):
         super().__init__()
-        # each product's partners first in its row, PAD (count 0) in the unused slots after
         self.register_buffer("partner", torch.full((n_items, k), PAD))  # (N, K)
         self.register_buffer("count", torch.zeros(n_items, k))  # (N, K)
         self.weight = nn.Parameter(torch.ones(2))  # a (all inputs), b (last product)
-        # each product's number of partners (derived from `partner`, not saved)
-        self.register_buffer("n_partners", torch.zeros(n_items, dtype=torch.long),
-                             persistent=False)
-        self.register_load_state_dict_post_hook(lambda module, keys: module.count_partners())
         # the training split's sessions, for leaving one out (rebuilt by `fit`, not saved)
         self.register_buffer("session_ptr", torch.zeros(1, dtype=torch.long), persistent=False)
         self.register_buffer("session_item", torch.zeros(0, dtype=torch.long), persistent=False)
@@ -91,18 +96,13 @@ class Cooccurrence(nn.Module):
         device = self.partner.device
         self.partner.fill_(PAD)
         self.count.zero_()
-        self.partner[at] = partner.to(device)  # ranks 0, 1, ...: the partners come first
+        self.partner[at] = partner.to(device)
         self.count[at] = count.float().to(device)
-        self.count_partners()
         contains.sort_indices()  # each session's products in id order
         self.session_ptr = torch.from_numpy(contains.indptr.astype(np.int64)).to(device)
         self.session_item = torch.from_numpy(contains.indices.astype(np.int64)).to(device)
         self.example_session = torch.from_numpy(
             np.searchsorted(train.session_end, train.first, side="right")).to(device)
-
-    def count_partners(self) -> None:
-        """Each product's number of partners, after fitting or loading the tables."""
-        self.n_partners = (self.partner != PAD).sum(1)  # (N,)
 
     def own_pairs(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """The (example, product) pairs of each (training) example's own session: (O,) rows
@@ -114,50 +114,51 @@ class Cooccurrence(nn.Module):
         row = torch.arange(session.numel(), device=start.device)[:, None].expand_as(real)
         return row[real], self.session_item[(start[:, None] + steps)[real]]
 
-    def slots(self, batch: dict[str, torch.Tensor]) -> Slots:
-        """The partners of each input's distinct known products (`Slots`), read from the
-        used part of their rows only."""
-        item = batch["item"]  # (B, T)
-        earlier = torch.ones(item.size(1), item.size(1), device=item.device).tril(-1).bool()
-        repeated = ((item[:, :, None] == item[:, None, :]) & earlier).any(2)  # (B, T)
-        row, t = ((item >= NUM_SPECIAL) & ~repeated).nonzero(as_tuple=True)  # (P,) once each
+    def inputs(self, batch: dict[str, torch.Tensor]) -> Inputs:
+        """Each input's distinct known products and their partners (`Inputs`)."""
+        item = batch["item"].sort(dim=1).values  # (B, T) equal products side by side
+        first = torch.ones_like(item, dtype=torch.bool)  # (B, T)
+        first[:, 1:] = item[:, 1:] != item[:, :-1]
+        row, t = ((item >= NUM_SPECIAL) & first).nonzero(as_tuple=True)  # (P,) once each
         product = item[row, t]  # (P,)
         last = product == last_items(batch)[row]  # (P,)
-        n = self.n_partners[product]  # (P,)
-        p = torch.repeat_interleave(torch.arange(n.numel(), device=n.device), n)  # (S,)
-        rank = torch.arange(p.numel(), device=n.device) - (n.cumsum(0) - n)[p]  # (S,)
-        at = product[p] * self.partner.size(1) + rank  # (S,) in the flattened tables
-        return Slots(row.index_select(0, p), self.partner.flatten().index_select(0, at),
-                     self.count.flatten().index_select(0, at), last.index_select(0, p))
+        distinct, which = torch.unique(product, return_inverse=True)  # (D,), (P,)
+        return Inputs(row, last, which, distinct, self.partner.index_select(0, distinct))
 
-    def add_(self, out: torch.Tensor, slots: Slots, column: torch.Tensor,
-             own: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
-        """`out` (B, W) plus, in place, the expert's score of each (row, column) the slots
-        fall in; the other entries of `out` are left as they are.
+    def slots(self, inputs: Inputs) -> Slots:
+        """The used (not PAD) slots of the inputs' partner rows (`Slots`)."""
+        k = self.partner.size(1)
+        partner = inputs.partner.index_select(0, inputs.which)  # (P, K)
+        at = (partner != PAD).flatten().nonzero().squeeze(1)  # (S,)
+        p = at // k  # (S,) the input product of each slot
+        at_table = inputs.product.index_select(0, inputs.which.index_select(0, p)) * k + at % k
+        return Slots(inputs.row.index_select(0, p), partner.flatten().index_select(0, at),
+                     self.count.flatten().index_select(0, at_table),
+                     inputs.last.index_select(0, p))
+
+    @staticmethod
+    def log_counts(bins: torch.Tensor, count: torch.Tensor, last: torch.Tensor, n_bins: int,
+                   held: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """log(1 + C_all) and log(1 + C_last) (n_bins,) of bins of (example, product) pairs.
 
         Args:
-            column: (S,) each slot's column in `out`.
-            own: the (row, column) pairs of each example's own session, to leave out of the
-                counts, or None (they keep it).
+            bins, count: each slot's bin and count, (S,) or (P, K) alike.
+            last: (S,) or (P,) whether the slot's input product is the input's last one; the
+                last product's partners are distinct, so a bin (bar a catch-all one) holds at
+                most one of them (C_last is that slot's count, 0 in the other bins).
+            held: (n_bins,) whether the example's own session held the bin's pair (then each
+                of its slots counts one session less), or None.
         """
-        if slots.row.numel() == 0:
-            return out
-        width = out.size(1)
-        # sorting int32 keys takes a third of the time of int64 ones
-        dtype = torch.int32 if out.numel() < 2 ** 31 else torch.int64
-        entry, slot_bin = torch.unique((slots.row * width + column).to(dtype),
-                                       return_inverse=True)  # (E,) sorted, (S,)
-        count = slots.count  # (S,)
-        if own is not None:  # the example's own session held both: take it out
-            own_key = (own[0] * width + own[1]).to(dtype)  # (O,)
-            at = torch.searchsorted(entry, own_key).clamp(max=entry.numel() - 1)  # (O,)
-            held = torch.zeros(entry.numel(), dtype=torch.bool, device=out.device)
-            held[at[entry[at] == own_key]] = True
-            count = count - held[slot_bin].float()
-        c_all = count.new_zeros(entry.numel()).index_add_(0, slot_bin, count)  # (E,)
-        c_last = count.new_zeros(entry.numel()).index_add_(0, slot_bin, count * slots.last)
-        scores = self.weight[0] * torch.log1p(c_all) + self.weight[1] * torch.log1p(c_last)
-        return out.put_(entry.long(), scores, accumulate=True)
+        if held is not None:  # the example's own session held both: take it out
+            count = count - held.index_select(0, bins.flatten()).view_as(count).float()
+        c_all = count.new_zeros(n_bins).scatter_add_(0, bins.flatten(), count.flatten())
+        log_last = count.new_zeros(n_bins).index_put_(
+            (bins[last].flatten(),), torch.log1p(count[last].flatten()))
+        return torch.log1p(c_all), log_last
+
+    def score(self, log_all: torch.Tensor, log_last: torch.Tensor) -> torch.Tensor:
+        """a log(1 + C_all) + b log(1 + C_last), elementwise."""
+        return self.weight[0] * log_all + self.weight[1] * log_last
 
     def add_to_(self, logits: torch.Tensor, batch: dict[str, torch.Tensor],
                 leave_out: bool) -> torch.Tensor:
@@ -167,42 +168,59 @@ class Cooccurrence(nn.Module):
         (row, partner) with one sort and their scores added there. `leave_out`: the batch is
         from the training split, take each example's own session out of the counts.
         """
-        slots = self.slots(batch)
-        return self.add_(logits, slots, slots.col, self.own_pairs(batch) if leave_out else None)
+        slots = self.slots(self.inputs(batch))
+        if slots.row.numel() == 0:
+            return logits
+        n = logits.size(1)
+        # sorting int32 keys takes a third of the time of int64 ones
+        dtype = torch.int32 if logits.numel() < 2 ** 31 else torch.int64
+        entry, slot_bin = torch.unique((slots.row * n + slots.col).to(dtype),
+                                       return_inverse=True)  # (E,) sorted, (S,)
+        held = None
+        if leave_out:
+            own_row, own_product = self.own_pairs(batch)  # (O,)
+            own_key = (own_row * n + own_product).to(dtype)  # (O,)
+            at = torch.searchsorted(entry, own_key).clamp(max=entry.numel() - 1)  # (O,)
+            held = torch.zeros(entry.numel(), dtype=torch.bool, device=logits.device)
+            held[at[entry[at] == own_key]] = True
+        scores = self.score(*self.log_counts(slot_bin, slots.count, slots.last, entry.numel(),
+                                             held))  # (E,)
+        return logits.put_(entry.long(), scores, accumulate=True)
 
     def candidate_scores(self, batch: dict[str, torch.Tensor], negatives: torch.Tensor,
                          leave_out: bool) -> torch.Tensor:
         """(B, 1 + K) the expert's scores of each example's target (column 0) and of the
-        negatives (K,) shared by the batch (the sampled loss), from those columns alone."""
-        target = batch["target"]  # (B,)
-        distinct, inverse = torch.unique(negatives, return_inverse=True)  # (U,), (K,)
-        # the columns of the scores: 0 each row's target, 1 + i the i-th distinct negative
-        column = torch.zeros(self.partner.size(0), dtype=torch.long, device=target.device)
-        column[distinct] = torch.arange(1, distinct.numel() + 1, device=target.device)
-        slots = self.slots(batch)
-        pick, slot_column = candidate_columns(slots.row, slots.col, target, column)
-        own = None
+        negatives (K,) shared by the batch (the sampled loss), from those columns alone.
+
+        Every slot of the inputs' partner rows falls in a (B, U + 1) grid of bins: one for
+        each of the U distinct targets and negatives, one for every other product."""
+        inputs, target = self.inputs(batch), batch["target"]  # (B,)
+        b = target.size(0)
+        distinct, inverse = torch.unique(torch.cat([target, negatives]),
+                                         return_inverse=True)  # (U,), (B + K,)
+        u = distinct.numel()
+        column = torch.full((self.partner.size(0),), u, device=target.device)  # (N,) u: other
+        column[distinct] = torch.arange(u, device=target.device)
+        partner_column = column.index_select(0, inputs.partner.flatten())  # (D * K,)
+        partner_column = partner_column.view_as(inputs.partner).index_select(0, inputs.which)
+        bins = inputs.row[:, None] * (u + 1) + partner_column  # (P, K)
+        held = None
         if leave_out:
             own_row, own_product = self.own_pairs(batch)  # (O,)
-            own_pick, own_column = candidate_columns(own_row, own_product, target, column)
-            own = own_row[own_pick], own_column
-        scores = torch.zeros(target.size(0), 1 + distinct.numel(), device=target.device)
-        scores = self.add_(scores, Slots(*(f[pick] for f in slots)), slot_column, own)
-        return scores.index_select(1, F.pad(1 + inverse, (1, 0)))  # (B, 1 + K)
+            own_column = column[own_product]  # (O,)
+            held = torch.zeros(b * (u + 1), dtype=torch.bool, device=target.device)
+            held[(own_row * (u + 1) + own_column)[own_column < u]] = True
+        count = self.count.index_select(0, inputs.product).index_select(0, inputs.which)
+        # count (P, K) is 0 in unused slots
+        logs = self.log_counts(bins, count, inputs.last, b * (u + 1), held)
+        # each row's target, then the negatives: (B, 1 + K) each
+        log_all, log_last = (torch.cat([log.view(b, u + 1).gather(1, inverse[:b, None]),
+                                        log.view(b, u + 1).index_select(1, inverse[b:])], dim=1)
+                             for log in logs)
+        return self.score(log_all, log_last)
 
     def forward(self, batch: dict[str, torch.Tensor], leave_out: bool) -> torch.Tensor:
         """(B, N) the expert's scores of every product (to read them; the heads use
         `add_to_` and `candidate_scores`)."""
         scores = self.weight.new_zeros(batch["item"].size(0), self.partner.size(0))  # (B, N)
         return self.add_to_(scores, batch, leave_out)
-
-
-def candidate_columns(row: torch.Tensor, product: torch.Tensor, target: torch.Tensor,
-                      column: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Which of the (row, product) pairs (P,) are a candidate of `candidate_scores`, and
-    their columns there: 0 where the product is the row's target, column[product] where it
-    is a negative (column 0: none); a pair that is both is picked twice."""
-    at_target = (product == target[row]).nonzero().squeeze(1)
-    negative = (column[product] > 0).nonzero().squeeze(1)
-    return (torch.cat([at_target, negative]),
-            torch.cat([torch.zeros_like(at_target), column[product[negative]]]))

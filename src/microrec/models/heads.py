@@ -71,7 +71,7 @@ def negatives_in_input(item: torch.Tensor, negatives: torch.Tensor) -> torch.Ten
     at = torch.searchsorted(distinct, item.contiguous()).clamp(max=u - 1)  # (B, T)
     at = torch.where(distinct[at] == item, at, u)  # (B, T) u: not a negative
     found = torch.zeros(item.size(0), u + 1, dtype=torch.bool, device=item.device)
-    return found.scatter_(1, at, True)[:, inverse]  # (B, K)
+    return found.scatter_(1, at, True).index_select(1, inverse)  # (B, K)
 
 
 class OutputLayer(nn.Module):
