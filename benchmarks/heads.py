@@ -8,14 +8,16 @@ configuration, then a table with each one's time relative to the paper's softmax
 
 A step is what training does per batch: the loss of `RIB.training_loss` (loss=full) or
 `RIB.sampled_loss` (loss=sampled, `--negatives` popularity-drawn negatives), backward and
-the optimizer step(s), on the same random batches for every configuration: `--batch`
-inputs of 1..`--max-len` micro-behaviors over `--items` products (the paper's Appliances
-catalogue: 115k), features=full, attention on, the model's default sizes. Products are drawn
-with the same Zipf-like popularity in the batches as in the random training sessions the
-co-occurrence expert (model.neighbours) is fitted on, so the inputs' products have full
-partner lists, as on real data (the expert's work grows with them), and in the targets the
-sampled loss draws its negatives from (`set_sampling`), so many of them are partners of the
-inputs. The expert's fitting (once per run) is not timed.
+the optimizer step(s), on the same random batches for every configuration, which take their
+steps in turn on each batch (a change in a shared machine's load falls on all of them
+alike); wall and process CPU time (all threads) are both reported. The batches hold
+`--batch` inputs of 1..`--max-len` micro-behaviors over `--items` products (the paper's
+Appliances catalogue: 115k), features=full, attention on, the model's default sizes.
+Products are drawn with the same Zipf-like popularity in the batches as in the random
+training sessions the co-occurrence expert (model.neighbours) is fitted on, so the inputs'
+products have full partner lists, as on real data (the expert's work grows with them), and
+in the targets the sampled loss draws its negatives from (`set_sampling`), so many of them
+are partners of the inputs. The expert's fitting (once per run) is not timed.
 """
 
 from __future__ import annotations
@@ -82,28 +84,49 @@ def random_batches(args, n_examples: int, rng, device) -> list[dict[str, torch.T
     return batches
 
 
-def time_steps(model: RIB, batches, args, device) -> float:
-    """Mean seconds per step over batches[warmup:]."""
+def build(name: str, loss: str, args, train: SplitArrays, log_q_source, device):
+    """The configuration's model, in training mode, and its optimizers."""
+    torch.manual_seed(0)
+    model = RIB(args.items, N_ACTIVITIES, N_DWELL, init="random", loss=loss,
+                n_negatives=args.negatives, **CONFIGS[name])
+    model.head.fit(train)  # the co-occurrence counts, where the head has them
+    model = model.to(device)
+    model.set_sampling(log_q_source)
     model.train()
     optimizers = model.configure_optimizers()
-    optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
+    return model, optimizers if isinstance(optimizers, list) else [optimizers]
+
+
+def step(model: RIB, optimizers, batch, args) -> None:
+    """One training step: the loss, backward, the optimizer steps."""
+    if model.sampled:
+        negatives = torch.multinomial(model.log_q.exp(), args.negatives, replacement=True)
+        loss = model.sampled_loss(batch, negatives)
+    else:
+        loss = model.training_loss(batch)
+    for opt in optimizers:
+        opt.zero_grad()
+    loss.backward()
+    for opt in optimizers:
+        opt.step()
+
+
+def time_steps(models: dict, batches, args, device) -> dict[str, tuple[float, float]]:
+    """Each configuration's mean wall and process CPU seconds per step over
+    batches[warmup:]. On each batch every configuration steps in turn, so that a change in
+    the load of a shared machine falls on all of them alike."""
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    spent = {name: [0.0, 0.0] for name in models}
     for i, batch in enumerate(batches):
-        if i == args.warmup:
+        for name, (model, optimizers) in models.items():
             sync()
-            started = time.perf_counter()
-        if model.sampled:
-            negatives = torch.multinomial(model.log_q.exp(), args.negatives, replacement=True)
-            loss = model.sampled_loss(batch, negatives)
-        else:
-            loss = model.training_loss(batch)
-        for opt in optimizers:
-            opt.zero_grad()
-        loss.backward()
-        for opt in optimizers:
-            opt.step()
-    sync()
-    return (time.perf_counter() - started) / args.steps
+            wall, cpu = time.perf_counter(), time.process_time()
+            step(model, optimizers, batch, args)
+            sync()
+            if i >= args.warmup:
+                spent[name][0] += time.perf_counter() - wall
+                spent[name][1] += time.process_time() - cpu
+    return {name: (wall / args.steps, cpu / args.steps) for name, (wall, cpu) in spent.items()}
 
 
 def main() -> None:
@@ -132,29 +155,31 @@ def main() -> None:
     rows = []
     heads = ["softmax"] + [name for name in args.heads if name != "softmax"]
     for loss in args.losses:
-        for name in heads:
-            options = CONFIGS[name]
-            torch.manual_seed(0)
-            model = RIB(args.items, N_ACTIVITIES, N_DWELL, init="random", loss=loss,
-                        n_negatives=args.negatives, **options)
-            model.head.fit(train)  # the co-occurrence counts, where the head has them
-            model = model.to(device)
-            model.set_sampling(log_q_source)
-            seconds = time_steps(model, batches, args, device)
-            row = {"loss": loss, "head": name, "ms_per_step": round(1000 * seconds, 2),
-                   "parameters": sum(p.numel() for p in model.parameters()),
+        models = {name: build(name, loss, args, train, log_q_source, device) for name in heads}
+        for name, (wall, cpu) in time_steps(models, batches, args, device).items():
+            row = {"loss": loss, "head": name, "ms_per_step": round(1000 * wall, 2),
+                   "cpu_ms_per_step": round(1000 * cpu, 2),
+                   "parameters": sum(p.numel() for p in models[name][0].parameters()),
                    "device": torch.cuda.get_device_name(device) if device.type == "cuda"
                    else f"cpu ({torch.get_num_threads()} threads)",
                    "items": args.items, "batch": args.batch}
             rows.append(row)
             print(json.dumps(row), flush=True)
+        del models
     if args.out:
         args.out.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    print("\n| loss | head | ms / step | x softmax | parameters |\n|---|---|---|---|---|")
+    print_table(rows)
+
+
+def print_table(rows: list[dict]) -> None:
+    """Each row's times and their ratios to the softmax head with the same loss."""
+    print("\n| loss | head | ms / step | x softmax | CPU ms / step | x softmax | parameters |"
+          "\n|---|---|---|---|---|---|---|")
     for r in rows:
         base = next(b for b in rows if b["loss"] == r["loss"] and b["head"] == "softmax")
         print(f"| {r['loss']} | {r['head']} | {r['ms_per_step']:.1f} | "
-              f"{r['ms_per_step'] / base['ms_per_step']:.2f} | {r['parameters']:,} |")
+              f"{r['ms_per_step'] / base['ms_per_step']:.2f} | {r['cpu_ms_per_step']:.1f} | "
+              f"{r['cpu_ms_per_step'] / base['cpu_ms_per_step']:.2f} | {r['parameters']:,} |")
 
 
 if __name__ == "__main__":
