@@ -11,7 +11,12 @@ import torch.nn.functional as F
 
 from microrec.data.schema import FEATURES, NUM_SPECIAL, PAD
 from microrec.errors import ConfigError
-from microrec.models.heads import RepeatExploreHead, SoftmaxHead, repeat_candidates
+from microrec.models.heads import (
+    RepeatExploreHead,
+    SoftmaxHead,
+    negatives_in_input,
+    repeat_candidates,
+)
 from microrec.models.rib import RIB
 
 SMALL = dict(item_dim=8, activity_dim=4, dwell_dim=4, hidden_size=12, attention_size=6,
@@ -251,8 +256,8 @@ def brute_force_counts(sessions: list[set[int]], n_items: int) -> np.ndarray:
     return both
 
 
-def expected_scores(batch, both: np.ndarray, own: list[set[int]] | None) -> np.ndarray:
-    """log(1 + C_all) and log(1 + C_last) of each row, by brute force."""
+def expected_counts(batch, both: np.ndarray, own: list[set[int]] | None) -> np.ndarray:
+    """C_all and C_last of each row, by brute force."""
     rows = []
     for r in range(batch["item"].size(0)):
         inputs = batch["item"][r, : batch["length"][r]].tolist()
@@ -264,7 +269,7 @@ def expected_scores(batch, both: np.ndarray, own: list[set[int]] | None) -> np.n
         distinct = {i for i in inputs if i >= NUM_SPECIAL}
         c_all = sum((counts[i] for i in distinct), np.zeros(both.shape[0]))
         c_last = counts[inputs[-1]] if inputs[-1] >= NUM_SPECIAL else np.zeros(both.shape[0])
-        rows.append(np.stack([np.log1p(c_all), np.log1p(c_last)]))
+        rows.append(np.stack([c_all, c_last]))
     return np.stack(rows)  # (B, 2, N)
 
 
@@ -286,14 +291,73 @@ def test_neighbour_scores_are_the_co_occurrence_counts(dm, split):
         for r, products in enumerate(own):  # the mapping really finds each example's session
             inputs = set(batch["item"][r, : batch["length"][r]].tolist()) - {PAD}
             assert inputs <= products and int(batch["target"][r]) in products
-    expected = expected_scores(batch, both, own)
+    counts = torch.from_numpy(expected_counts(batch, both, own)).float()  # (B, 2, N)
+    w = torch.tensor([0.37, -1.9])
     with torch.no_grad():
-        for w, which in (([1.0, 0.0], 0), ([0.0, 1.0], 1)):
-            model.head.cooccurrence.weight.copy_(torch.tensor(w))
-            got = model.head.cooccurrence(batch, leave_out=split == "train")
-            np.testing.assert_allclose(got.numpy(), expected[:, which], atol=1e-5)
+        model.head.cooccurrence.weight.copy_(w)
+        got = model.head.cooccurrence(batch, leave_out=split == "train")
+    # the dense formula's floating-point operations on each score: equal to the bit
+    assert torch.equal(got, w[0] * torch.log1p(counts[:, 0]) + w[1] * torch.log1p(counts[:, 1]))
+    assert (counts[:, 1] > 0).any() and (counts[:, 0] > counts[:, 1]).any()
     if split == "train":  # the leak is real: without leaving out, the target always counts
-        assert (expected[:, 0].max(1) > 0).any()
+        assert (counts[:, 0].amax(1) > 0).any()
+
+
+def fitted_expert(dm, k: int = 10):
+    """The co-occurrence expert of a repeat-explore head, fitted, with weights a != b."""
+    model = rib(dm, tied=True, neighbours=k)
+    model.head.cooccurrence.fit(dm.prepared.splits["train"])
+    with torch.no_grad():
+        model.head.cooccurrence.weight.copy_(torch.tensor([0.6, 1.7]))
+    return model.head.cooccurrence
+
+
+@pytest.mark.parametrize("split", ["val", "train"])
+def test_the_expert_adds_its_scores_into_the_logits_unchanged(dm, split):
+    """The full loss adds the expert in place: the same logits, to the bit, as adding its
+    dense (B, N) scores."""
+    expert, leave_out = fitted_expert(dm), split == "train"
+    batch = dm.dataset(split)[list(range(32))]
+    logits = torch.randn(32, dm.n_items, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = logits + expert(batch, leave_out)
+        assert torch.equal(expert.add_to_(logits.clone(), batch, leave_out), expected)
+    assert not torch.equal(expected, logits)
+
+
+@pytest.mark.parametrize("split", ["val", "train"])
+def test_the_sampled_path_equals_the_full_path_on_its_candidates(dm, split):
+    """The sampled loss reads the expert at the targets and the negatives alone (repeated
+    negatives, targets among them): the scores and the weights' gradients equal those of
+    the dense scores at the same columns."""
+    expert, leave_out = fitted_expert(dm), split == "train"
+    batch = dm.dataset(split)[list(range(32))]
+    g = torch.Generator().manual_seed(0)
+    negatives = torch.randint(NUM_SPECIAL, dm.n_items, (40,), generator=g)
+    negatives = torch.cat([negatives, negatives[:3], batch["target"][:5]])  # (K,)
+    columns = torch.cat([batch["target"][:, None], negatives.expand(32, -1)], dim=1)
+    upstream = torch.randn(columns.shape, generator=g)  # (B, 1 + K)
+    grads = []
+    for scores in (lambda: expert(batch, leave_out).gather(1, columns),
+                   lambda: expert.candidate_scores(batch, negatives, leave_out)):
+        expert.weight.grad = None
+        (scores() * upstream).sum().backward()
+        grads.append(expert.weight.grad.clone())
+    with torch.no_grad():
+        full = expert(batch, leave_out).gather(1, columns)
+        sampled = expert.candidate_scores(batch, negatives, leave_out)
+    torch.testing.assert_close(sampled, full, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(grads[1], grads[0])
+    assert (full[:, 0] != 0).float().mean() > 0.5 and (full[:, 1:] != 0).float().mean() > 0.2
+
+
+def test_negatives_in_the_input_are_found_by_lookup(dm):
+    g = torch.Generator().manual_seed(0)
+    item = torch.randint(0, 30, (16, 12), generator=g)  # PAD among them
+    for negatives in (torch.randint(NUM_SPECIAL, 30, (50,), generator=g), torch.tensor([7])):
+        expected = (negatives[None, None, :] == item[:, :, None]).any(1)  # (B, K)
+        assert torch.equal(negatives_in_input(item, negatives), expected)
+        assert expected.any()
 
 
 def test_each_product_keeps_its_most_frequent_partners(dm):

@@ -3,6 +3,8 @@ together with the input's products."""
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import scipy.sparse as sp
 import torch
@@ -39,12 +41,36 @@ def keep_top(row: np.ndarray, col: np.ndarray, value: np.ndarray, k: int):
     return at, torch.from_numpy(col[keep].astype(np.int64)), torch.from_numpy(value[keep])
 
 
+class Slots(NamedTuple):
+    """Each kept partner of each input's distinct known products: one slot per (example,
+    input product, partner), all (S,)."""
+
+    row: torch.Tensor  # the example
+    col: torch.Tensor  # the partner
+    count: torch.Tensor  # training sessions holding both (float)
+    last: torch.Tensor  # true where the input product is the input's last one
+
+
+class Inputs(NamedTuple):
+    """Each input's distinct known products, all (P,), and the batch's distinct products
+    (D,) with their partners, read once however many inputs hold them."""
+
+    row: torch.Tensor  # the example
+    last: torch.Tensor  # true where the product is the input's last one
+    which: torch.Tensor  # the product, as its place in `product`
+    product: torch.Tensor  # (D,)
+    partner: torch.Tensor  # (D, K) their kept partners, PAD in unused slots
+
+
 class Cooccurrence(nn.Module):
     """Scores a * log(1 + C_all(j)) + b * log(1 + C_last(j)) with learned a, b.
 
     C_all(j) sums, over the input's distinct known products i, the number of training
     sessions holding both i and j; C_last(j) is that count for the input's last product
-    alone. Each product keeps its `k` most frequent partners (the rest count 0).
+    alone. Each product keeps its `k` most frequent partners (the rest count 0), so an
+    input's scores are non-zero on at most (its distinct products x k) columns: the expert
+    works on those slots only, and adds into logits (`add_to_`) or reads chosen columns
+    (`candidate_scores`) without a (batch x products) tensor of its own.
 
     A training example's own session is in those counts: every input product co-occurs with
     the target there. Left in, the expert would learn to trust counts that validation and
@@ -72,45 +98,129 @@ class Cooccurrence(nn.Module):
         self.count.zero_()
         self.partner[at] = partner.to(device)
         self.count[at] = count.float().to(device)
-        contains.sort_indices()
+        contains.sort_indices()  # each session's products in id order
         self.session_ptr = torch.from_numpy(contains.indptr.astype(np.int64)).to(device)
         self.session_item = torch.from_numpy(contains.indices.astype(np.int64)).to(device)
         self.example_session = torch.from_numpy(
             np.searchsorted(train.session_end, train.first, side="right")).to(device)
 
-    def own_session(self, batch: dict[str, torch.Tensor], n_items: int) -> torch.Tensor:
-        """(B, N) true on the products of each (training) example's own session."""
+    def own_pairs(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The (example, product) pairs of each (training) example's own session: (O,) rows
+        and (O,) products."""
         session = self.example_session[batch["index"]]  # (B,)
         start, end = self.session_ptr[session], self.session_ptr[session + 1]  # (B,)
         steps = torch.arange(int((end - start).max()), device=start.device)  # (L,)
         real = steps[None, :] < (end - start)[:, None]  # (B, L)
-        items = torch.where(real, self.session_item[(start[:, None] + steps).clamp(
-            max=self.session_item.numel() - 1)], PAD)  # (B, L)
-        own = torch.zeros(items.size(0), n_items, dtype=torch.bool, device=items.device)
-        own.scatter_(1, items, True)
-        own[:, PAD] = False
-        return own
+        row = torch.arange(session.numel(), device=start.device)[:, None].expand_as(real)
+        return row[real], self.session_item[(start[:, None] + steps)[real]]
 
-    def counts(self, products: torch.Tensor, use: torch.Tensor,
-               own: torch.Tensor | None) -> torch.Tensor:
-        """(B, N) summed counts of the partners of `products` (B, P) where `use` (B, P)."""
-        partner = self.partner[products]  # (B, P, K); unused slots are PAD with count 0
-        count = self.count[products]  # (B, P, K)
-        if own is not None:  # the example's own session held both: take it out
-            count = count - own.gather(1, partner.flatten(1)).view_as(count).float()
-        count = count * use[..., None]
-        scores = count.new_zeros(products.size(0), self.partner.size(0))  # (B, N)
-        return scores.scatter_add_(1, partner.flatten(1), count.flatten(1))
+    def inputs(self, batch: dict[str, torch.Tensor]) -> Inputs:
+        """Each input's distinct known products and their partners (`Inputs`)."""
+        item = batch["item"].sort(dim=1).values  # (B, T) equal products side by side
+        first = torch.ones_like(item, dtype=torch.bool)  # (B, T)
+        first[:, 1:] = item[:, 1:] != item[:, :-1]
+        row, t = ((item >= NUM_SPECIAL) & first).nonzero(as_tuple=True)  # (P,) once each
+        product = item[row, t]  # (P,)
+        last = product == last_items(batch)[row]  # (P,)
+        distinct, which = torch.unique(product, return_inverse=True)  # (D,), (P,)
+        return Inputs(row, last, which, distinct, self.partner.index_select(0, distinct))
+
+    def slots(self, inputs: Inputs) -> Slots:
+        """The used (not PAD) slots of the inputs' partner rows (`Slots`)."""
+        k = self.partner.size(1)
+        partner = inputs.partner.index_select(0, inputs.which)  # (P, K)
+        at = (partner != PAD).flatten().nonzero().squeeze(1)  # (S,)
+        p = at // k  # (S,) the input product of each slot
+        at_table = inputs.product.index_select(0, inputs.which.index_select(0, p)) * k + at % k
+        return Slots(inputs.row.index_select(0, p), partner.flatten().index_select(0, at),
+                     self.count.flatten().index_select(0, at_table),
+                     inputs.last.index_select(0, p))
+
+    @staticmethod
+    def log_counts(bins: torch.Tensor, count: torch.Tensor, last: torch.Tensor, n_bins: int,
+                   held: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """log(1 + C_all) and log(1 + C_last) (n_bins,) of bins of (example, product) pairs.
+
+        Args:
+            bins, count: each slot's bin and count, (S,) or (P, K) alike.
+            last: (S,) or (P,) whether the slot's input product is the input's last one; the
+                last product's partners are distinct, so a bin (bar a catch-all one) holds at
+                most one of them (C_last is that slot's count, 0 in the other bins).
+            held: (n_bins,) whether the example's own session held the bin's pair (then each
+                of its slots counts one session less), or None.
+        """
+        if held is not None:  # the example's own session held both: take it out
+            count = count - held.index_select(0, bins.flatten()).view_as(count).float()
+        c_all = count.new_zeros(n_bins).scatter_add_(0, bins.flatten(), count.flatten())
+        log_last = count.new_zeros(n_bins).index_put_(
+            (bins[last].flatten(),), torch.log1p(count[last].flatten()))
+        return torch.log1p(c_all), log_last
+
+    def score(self, log_all: torch.Tensor, log_last: torch.Tensor) -> torch.Tensor:
+        """a log(1 + C_all) + b log(1 + C_last), elementwise."""
+        return self.weight[0] * log_all + self.weight[1] * log_last
+
+    def add_to_(self, logits: torch.Tensor, batch: dict[str, torch.Tensor],
+                leave_out: bool) -> torch.Tensor:
+        """`logits` (B, N) plus the expert's scores, in place (the full loss, evaluation).
+
+        A row's scores are non-zero on its slots' partners alone: the slots are grouped by
+        (row, partner) with one sort and their scores added there. `leave_out`: the batch is
+        from the training split, take each example's own session out of the counts.
+        """
+        slots = self.slots(self.inputs(batch))
+        if slots.row.numel() == 0:
+            return logits
+        n = logits.size(1)
+        # sorting int32 keys takes a third of the time of int64 ones
+        dtype = torch.int32 if logits.numel() < 2 ** 31 else torch.int64
+        entry, slot_bin = torch.unique((slots.row * n + slots.col).to(dtype),
+                                       return_inverse=True)  # (E,) sorted, (S,)
+        held = None
+        if leave_out:
+            own_row, own_product = self.own_pairs(batch)  # (O,)
+            own_key = (own_row * n + own_product).to(dtype)  # (O,)
+            at = torch.searchsorted(entry, own_key).clamp(max=entry.numel() - 1)  # (O,)
+            held = torch.zeros(entry.numel(), dtype=torch.bool, device=logits.device)
+            held[at[entry[at] == own_key]] = True
+        scores = self.score(*self.log_counts(slot_bin, slots.count, slots.last, entry.numel(),
+                                             held))  # (E,)
+        return logits.put_(entry.long(), scores, accumulate=True)
+
+    def candidate_scores(self, batch: dict[str, torch.Tensor], negatives: torch.Tensor,
+                         leave_out: bool) -> torch.Tensor:
+        """(B, 1 + K) the expert's scores of each example's target (column 0) and of the
+        negatives (K,) shared by the batch (the sampled loss), from those columns alone.
+
+        Every slot of the inputs' partner rows falls in a (B, U + 1) grid of bins: one for
+        each of the U distinct targets and negatives, one for every other product."""
+        inputs, target = self.inputs(batch), batch["target"]  # (B,)
+        b = target.size(0)
+        distinct, inverse = torch.unique(torch.cat([target, negatives]),
+                                         return_inverse=True)  # (U,), (B + K,)
+        u = distinct.numel()
+        column = torch.full((self.partner.size(0),), u, device=target.device)  # (N,) u: other
+        column[distinct] = torch.arange(u, device=target.device)
+        partner_column = column.index_select(0, inputs.partner.flatten())  # (D * K,)
+        partner_column = partner_column.view_as(inputs.partner).index_select(0, inputs.which)
+        bins = inputs.row[:, None] * (u + 1) + partner_column  # (P, K)
+        held = None
+        if leave_out:
+            own_row, own_product = self.own_pairs(batch)  # (O,)
+            own_column = column[own_product]  # (O,)
+            held = torch.zeros(b * (u + 1), dtype=torch.bool, device=target.device)
+            held[(own_row * (u + 1) + own_column)[own_column < u]] = True
+        count = self.count.index_select(0, inputs.product).index_select(0, inputs.which)
+        # count (P, K) is 0 in unused slots
+        logs = self.log_counts(bins, count, inputs.last, b * (u + 1), held)
+        # each row's target, then the negatives: (B, 1 + K) each
+        log_all, log_last = (torch.cat([log.view(b, u + 1).gather(1, inverse[:b, None]),
+                                        log.view(b, u + 1).index_select(1, inverse[b:])], dim=1)
+                             for log in logs)
+        return self.score(log_all, log_last)
 
     def forward(self, batch: dict[str, torch.Tensor], leave_out: bool) -> torch.Tensor:
-        """(B, N) the expert's scores, to add to the explore logits; `leave_out`: the batch
-        is from the training split, take each example's own session out of the counts."""
-        item = batch["item"]  # (B, T)
-        own = self.own_session(batch, self.partner.size(0)) if leave_out else None
-        earlier = torch.ones(item.size(1), item.size(1), device=item.device).tril(-1).bool()
-        repeated = ((item[:, :, None] == item[:, None, :]) & earlier).any(2)  # (B, T)
-        distinct = (item >= NUM_SPECIAL) & ~repeated  # (B, T) each product once
-        last = last_items(batch)[:, None]  # (B, 1)
-        c_all = self.counts(item, distinct, own)
-        c_last = self.counts(last, last >= NUM_SPECIAL, own)
-        return self.weight[0] * torch.log1p(c_all) + self.weight[1] * torch.log1p(c_last)
+        """(B, N) the expert's scores of every product (to read them; the heads use
+        `add_to_` and `candidate_scores`)."""
+        scores = self.weight.new_zeros(batch["item"].size(0), self.partner.size(0))  # (B, N)
+        return self.add_to_(scores, batch, leave_out)

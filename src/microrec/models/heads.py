@@ -61,6 +61,19 @@ def split_target(batch: dict[str, torch.Tensor], weights: torch.Tensor):
     return (weights * hits).sum(1) + ~repeated, repeated
 
 
+def negatives_in_input(item: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
+    """(B, K) whether each of the negatives (K,) is among each input's products (B, T).
+
+    Each input position is looked up among the sorted distinct negatives, rather than
+    compared with every negative (a (B, T, K) comparison)."""
+    distinct, inverse = torch.unique(negatives, return_inverse=True)  # (U,), (K,)
+    u = distinct.numel()
+    at = torch.searchsorted(distinct, item.contiguous()).clamp(max=u - 1)  # (B, T)
+    at = torch.where(distinct[at] == item, at, u)  # (B, T) u: not a negative
+    found = torch.zeros(item.size(0), u + 1, dtype=torch.bool, device=item.device)
+    return found.scatter_(1, at, True).index_select(1, inverse)  # (B, K)
+
+
 class OutputLayer(nn.Module):
     """Scores every product: query . W_j + b_j, the query being the pooled state after dropout.
 
@@ -197,12 +210,6 @@ class RepeatExploreHead(nn.Module):
         if self.cooccurrence is not None:
             self.cooccurrence.fit(train)
 
-    def neighbour_scores(self, batch: dict[str, torch.Tensor], leave_out: bool):
-        """(B, N) the co-occurrence expert's explore scores, or None (neighbours=0)."""
-        if self.cooccurrence is None:
-            return None
-        return self.cooccurrence(batch, leave_out)
-
     def mixture(self, batch, x, h, pooled, leave_out: bool = False):
         """Repeat weights (B, T), log g, log(1 - g) (B,) and explore logits (B, N).
 
@@ -211,9 +218,8 @@ class RepeatExploreHead(nn.Module):
         """
         weights, log_g, log_not_g = self.repeat(h, x, self.repeat_query(batch, h, pooled), batch)
         explore = self.out(pooled)  # (B, N)
-        neighbours = self.neighbour_scores(batch, leave_out)
-        if neighbours is not None:
-            explore = explore + neighbours
+        if self.cooccurrence is not None:  # its scores added where they are non-zero only
+            explore = self.cooccurrence.add_to_(explore, batch, leave_out)
         explore = explore.scatter_(1, batch["item"], float("-inf"))  # not the input's products
         explore[:, :NUM_SPECIAL] = float("-inf")
         return weights, log_g, log_not_g, explore
@@ -256,11 +262,13 @@ class RepeatExploreHead(nn.Module):
         spans the input)."""
         weights, log_g, log_not_g = self.repeat(h, x, self.repeat_query(batch, h, pooled), batch)
         p_repeat, repeated = split_target(batch, weights)
-        in_input = (negatives[None, None, :] == batch["item"][:, :, None]).any(1)  # (B, K)
+        in_input = negatives_in_input(batch["item"], negatives)  # (B, K)
+        offset = None  # the expert's scores of the targets and the negatives alone
+        if self.cooccurrence is not None:
+            offset = self.cooccurrence.candidate_scores(batch, negatives, leave_out=True)
         nll_explore = -log_not_g + sampled_softmax_loss(
             self.out.query(pooled), *self.out.tables(), batch["target"], negatives, log_q,
-            exclude=in_input, offset=self.neighbour_scores(batch, leave_out=True),
-            reduction="none")  # (B,)
+            exclude=in_input, offset=offset, reduction="none")  # (B,)
         return torch.where(repeated, -(log_g + torch.log(p_repeat)), nll_explore).mean()
 
     def score_loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -27,7 +27,8 @@ def sampled_softmax_loss(h: torch.Tensor, out_weight: nn.Embedding, out_bias: nn
     Logits are corrected by log(K q(i)), q the sampling distribution (logQ correction), so
     the loss estimates the full softmax; a negative equal to the row's target is removed,
     and so is every negative `exclude` (B, K) marks (products outside that row's softmax).
-    `offset` (B, N): scores added to every product's logit (another expert's).
+    `offset` (B, 1 + K): scores added to the target's (column 0) and each negative's
+    corrected logit (another expert's).
     The output rows are looked up through the tables' forward, so sparse tables get sparse
     gradients. h: (B, H); target: (B,); negatives: (K,); log_q: (N,) log probabilities;
     out_bias None: the output layer has no bias.
@@ -38,14 +39,13 @@ def sampled_softmax_loss(h: torch.Tensor, out_weight: nn.Embedding, out_bias: nn
     if out_bias is not None:
         pos = pos + out_bias(target).squeeze(-1)
         neg = neg + out_bias(negatives).squeeze(-1)
-    if offset is not None:
-        pos = pos + offset.gather(1, target[:, None]).squeeze(1)
-        neg = neg + offset[:, negatives]
     pos = pos - log_q[target] - math.log(k)
     neg = neg - log_q[negatives] - math.log(k)
     hits = negatives[None, :] == target[:, None]  # (B, K)
     neg = neg.masked_fill(hits if exclude is None else hits | exclude, float("-inf"))
     logits = torch.cat([pos[:, None], neg], dim=1)  # (B, 1 + K), the target is column 0
+    if offset is not None:
+        logits = logits + offset
     return F.cross_entropy(logits, torch.zeros_like(target), reduction=reduction)
 
 
