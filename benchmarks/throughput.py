@@ -376,7 +376,7 @@ def training_run_memory(args, workdir: Path, row: str) -> None:
     row_args, cfg = compose_row(row)
     if "init" in cfg.model:
         row_args.append("model.init=random")
-    overrides = [*row_args, *params, "logger=none",
+    overrides = [*row_args, *params, "logger=none", "predictions=[]",  # a part of test only
                  "callbacks.progress=null", f"+trainer.max_steps={args.run_steps}",
                  f"+trainer.limit_val_batches={args.eval_batches}",
                  f"+trainer.limit_test_batches={args.eval_batches}",
