@@ -145,7 +145,6 @@ def lightning_steps(model, batches, warmup: int, precision: str = "32-true") -> 
 def training(dm, args) -> None:
     import pytorch_lightning as L
     import torch
-    from torch.utils.flop_counter import FlopCounterMode
 
     from microrec.models.rib import RIB
 
@@ -174,20 +173,10 @@ def training(dm, args) -> None:
            target=">= 5", negatives=args.negatives)
 
     # Achieved GFLOP/s of the full-softmax step (counted by torch) against a measured SGEMM.
-    model = RIB(dm.n_items, dm.n_activities, dm.n_dwell, init="random")
-    counter = FlopCounterMode(display=False)
-    with counter:
-        torch.nn.functional.cross_entropy(model.logits(timed[0]), timed[0]["target"]).backward()
-    flops_per_seq = counter.get_total_flops() / timed[0]["target"].numel()
-    achieved = flops_per_seq * full_rate / 1e9
-    a = torch.randn(4096, 4096)
-    a @ a  # warm up
-    started = timer()
-    for _ in range(5):
-        a @ a
-    sgemm = 5 * 2 * 4096**3 / (timer() - started) / 1e9
-    report("train_full_gflops_achieved", achieved, "GFLOP/s",
-           flops_per_step=counter.get_total_flops())
+    flops = step_flops(RIB(dm.n_items, dm.n_activities, dm.n_dwell, init="random"), timed)
+    achieved = flops / (seqs / len(timed)) * full_rate / 1e9  # FLOPs per sequence x rate
+    sgemm = gemm_gflops(4096, 4096, 4096, torch.float32)
+    report("train_full_gflops_achieved", achieved, "GFLOP/s", flops_per_step=round(flops))
     report("sgemm_gflops_measured_peak", sgemm, "GFLOP/s", threads=torch.get_num_threads())
     report("train_full_fraction_of_peak", achieved / sgemm, "ratio")
 
@@ -263,15 +252,17 @@ def row_model(dm, row: str, loss: str, args):
     return model
 
 
-def step_flops(model, batch) -> int:
-    """FLOPs of one full-softmax training step (loss forward and backward), counted by torch."""
+def step_flops(model, batches) -> float:
+    """Mean FLOPs of a full-softmax training step (loss forward and backward) over `batches`,
+    counted by torch: batches are length-bucketed, so one batch's count is not the mean."""
     from torch.utils.flop_counter import FlopCounterMode
 
     counter = FlopCounterMode(display=False)
     with counter:
-        model.training_loss(batch).backward()
+        for batch in batches:
+            model.training_loss(batch).backward()
     model.zero_grad()
-    return counter.get_total_flops()
+    return counter.get_total_flops() / len(batches)
 
 
 def matmul_rates(dm, batch: int) -> dict[str, float]:
@@ -327,12 +318,12 @@ def row_steps(dm, row: str, args, batches, peak: dict[str, float]) -> None:
             report(f"row_{row}_{loss}_bf16_speedup",
                    step_s["32-true"] / step_s["bf16-mixed"], "x")
         if loss == "full" and step_s:
-            flops = step_flops(row_model(dm, row, loss, args), batches[args.warmup])
+            flops = step_flops(row_model(dm, row, loss, args), batches[args.warmup:])
             for precision, seconds in step_s.items():
                 rate = flops / seconds / 1e9
                 dtype = "bfloat16" if precision == "bf16-mixed" else "float32"
                 report(f"row_{row}_full_{precision}_gflops_achieved", rate, "GFLOP/s",
-                       flops_per_step=flops, of_measured_gemm=round(rate / peak[dtype], 4))
+                       flops_per_step=round(flops), of_measured_gemm=round(rate / peak[dtype], 4))
 
 
 def rows(dm, args, batches) -> None:
