@@ -32,6 +32,19 @@ def exclude_last_(scores: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch
     return scores.scatter_(1, last_items(batch)[:, None], float("-inf"))
 
 
+def full_precision(device: torch.device):
+    """A context with autocast off on `device`: evaluation scores in fp32 whatever
+    `trainer.precision` is.
+
+    Lightning's mixed precision (`bf16-mixed`, `16-mixed`) runs validation and test steps
+    under autocast too, where every matrix product rounds its output to 16 bits: bf16 keeps 8
+    significant bits, so among 115k products many scores tie, ties count against the target,
+    and a cast to fp32 afterwards cannot undo the rounding. The weights are fp32 in every
+    precision, so scoring outside autocast ranks exactly what a fp32 run would.
+    """
+    return torch.autocast(device.type, enabled=False)
+
+
 def stop_if_diverged(loss: torch.Tensor, epoch: int, step: int, lr: float) -> None:
     """Stop training at a NaN or infinite loss, before the optimizer steps: the weights, and
     so every metric after, would mean nothing (and a tuning study would keep the trial)."""
@@ -145,14 +158,17 @@ class Recommender(L.LightningModule):
 
     def ranked(self, batch: dict[str, torch.Tensor],
                scores: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, n_items) the scores evaluation ranks (`forward`'s unless given), rule applied.
+        """(B, n_items) fp32 scores evaluation ranks (`forward`'s unless given), rule applied.
 
-        A non-finite score (a diverged model's NaN) becomes -inf, ranked after every finite
+        `forward` runs outside autocast (`full_precision`); given scores are cast to fp32. A
+        non-finite score (a diverged model's NaN) becomes -inf, ranked after every finite
         one, so the top lists and recommendations stay defined; `target_rank` counts such a
         target as a miss.
         """
-        scores = self(batch) if scores is None else scores
-        scores = scores.nan_to_num_(nan=float("-inf"), posinf=float("-inf"))
+        if scores is None:
+            with full_precision(self.device):
+                scores = self(batch)
+        scores = scores.float().nan_to_num_(nan=float("-inf"), posinf=float("-inf"))
         return exclude_last_(mask_special_(scores), batch)
 
     def validation_step(self, batch, batch_idx):

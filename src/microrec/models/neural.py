@@ -11,7 +11,7 @@ from torch import nn
 
 from microrec.data.schema import NUM_SPECIAL
 from microrec.errors import ConfigError
-from microrec.models.base import Recommender, mask_special_, stop_if_diverged
+from microrec.models.base import Recommender, full_precision, mask_special_, stop_if_diverged
 
 INITS = ("word2vec", "random")
 LOSSES = ("full", "sampled")
@@ -65,7 +65,8 @@ class NeuralRecommender(Recommender):
     `query . W_j (+ b_j)`. `loss=sampled` (popularity-sampled negatives shared by the batch,
     logQ-corrected, sparse updates of the product tables) needs the arguments `loss` and
     `n_negatives`. A model whose scores are not such a product overrides `logits` and the
-    two loss methods instead.
+    two loss methods instead. Under `trainer.precision=bf16-mixed` training steps run in
+    Lightning's autocast; validation scores in fp32 (`full_precision`), as every evaluation.
     """
 
     def __init__(self, loss: str = "full", init: str = "random"):
@@ -153,7 +154,8 @@ class NeuralRecommender(Recommender):
         return loss
 
     def validation_step(self, batch, batch_idx):
-        logits = self.logits(batch)  # (B, N)
+        with full_precision(self.device):  # ranked and scored in fp32 under any precision
+            logits = self.logits(batch)  # (B, N)
         known = batch["target"] >= NUM_SPECIAL
         if known.any():
             loss = self.score_loss(logits[known], batch["target"][known])
