@@ -163,6 +163,8 @@ def rounds(dm, batches: list[dict], side: RecBoleSide | None, args) -> dict[str,
                     got["recbole"].append(answer["rate"])
                     got["recbole_env"] = {f"recbole_{k}": answer[k] for k in
                                           ("anomaly", "threads", "version", "torch", "numpy")}
+                print(f"round {r + 1}/{args.rounds}: {label}, {which}: {got[which][-1]:,.0f} "
+                      f"seq/s", file=sys.stderr, flush=True)
     return times
 
 
