@@ -220,6 +220,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--jd", type=Path, default=JD_SAMPLE, help="a JD session file")
     parser.add_argument("--skip-paper", action="store_true", help="the JD sample only")
+    parser.add_argument("--skip-jd", action="store_true", help="paper scale only")
     parser.add_argument("--sessions", type=int, default=1_060_000, help="paper scale")
     parser.add_argument("--items", type=int, default=115_000, help="paper scale")
     parser.add_argument("--batch", type=int, default=2048)
@@ -248,9 +249,10 @@ def main() -> None:
     torch.autograd.set_detect_anomaly(False)  # as on RecBole's side, which must turn it off
     args.workdir = args.workdir or Path(tempfile.mkdtemp(prefix="microrec-peers-"))
     common = dict(features="full", batch_size=args.batch, cache_dir=str(args.workdir))
-    dm = MicroDataModule(JDSessions(str(args.jd), "jd_appliances"), **common)
-    dm.setup()
-    measure(dm, "jd", args)
+    if not args.skip_jd:
+        dm = MicroDataModule(JDSessions(str(args.jd), "jd_appliances"), **common)
+        dm.setup()
+        measure(dm, "jd", args)
     if not args.skip_paper:
         source = SyntheticSource(n_sessions=args.sessions, n_items=args.items,
                                  n_categories=1000, mean_macros=5.0, module_views=6.0)
