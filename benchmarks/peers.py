@@ -1,4 +1,5 @@
-"""Training speed of the neural models (GRU4Rec, NARM, SASRec, RepeatNet, RIB) in sequences/s,
+"""Training speed of the neural models (GRU4Rec, NARM, SASRec, RepeatNet, RIB, HUP, MKM-SR,
+EMBSR) in sequences/s,
 beside RecBole 1.2.1's GRU4Rec, NARM and SASRec on the very same batches, in one run.
 
     python benchmarks/peers.py                       # the JD Appliances sample and paper scale
@@ -54,6 +55,10 @@ MODELS = [
     ("RepeatNet", "microrec.models.repeatnet.RepeatNet",
      dict(features="sku", item_dim=64, hidden_size=128)),
     ("RIB (full)", "microrec.models.rib.RIB", dict(features="full", init="random")),
+    # the micro-behavior models at their own defaults, with every micro-behavior
+    ("HUP (full)", "microrec.models.hup.HUP", dict(features="full", init="random")),
+    ("MKM-SR (full)", "microrec.models.mkmsr.MKMSR", dict(features="full")),
+    ("EMBSR (full)", "microrec.models.embsr.EMBSR", dict(features="full")),
 ]
 # the rows RecBole 1.2.1 also has, by label: timed beside it with --recbole-python
 RECBOLE_PEERS = ("GRU4Rec", "NARM", "SASRec")
