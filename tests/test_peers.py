@@ -31,7 +31,8 @@ QUIET = dict(logger=False, enable_checkpointing=False, enable_progress_bar=False
 
 
 def build(dm, name, **kw):
-    return MODELS[name](dm.n_items, dm.n_activities, dm.n_dwell, **{**SMALL[name], **kw})
+    return MODELS[name](dm.n_items, dm.n_activities, dm.n_dwell, n_categories=dm.n_categories,
+                        **{**SMALL[name], **kw})
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -120,7 +121,7 @@ def test_every_feature_variant_runs_forward_and_backward(dm, name, features):
     loss.backward()
     assert torch.isfinite(loss)
     assert model.embed.item.weight.grad.abs().sum() > 0
-    for channel in ("activity", "dwell"):
+    for channel in ("activity", "dwell", "category"):
         table = getattr(model.embed, channel)
         assert (table is not None) == (channel in FEATURES[features])
         if table is not None:

@@ -26,7 +26,8 @@ QUIET = dict(logger=False, enable_checkpointing=False, enable_progress_bar=False
 
 
 def rib(dm, **kw):
-    return RIB(dm.n_items, dm.n_activities, dm.n_dwell, **{**SMALL, **kw})
+    return RIB(dm.n_items, dm.n_activities, dm.n_dwell, n_categories=dm.n_categories,
+               **{**SMALL, **kw})
 
 
 def sampled_and_full_loss(model, batch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -129,7 +130,7 @@ def test_every_ablation_trains_the_head(dm, encoder, attention, features):
     for part in (model.embed.item, model.head.repeat.position, model.head.repeat.distance,
                  model.head.repeat.gate, model.head.out.weight):
         assert part.weight.grad.abs().sum() > 0
-    for channel in ("activity", "dwell"):
+    for channel in ("activity", "dwell", "category"):
         table = getattr(model.embed, channel)
         assert (table is not None) == (channel in FEATURES[features])
 
