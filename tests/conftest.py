@@ -56,3 +56,33 @@ def dm(tmp_path_factory):
                            cache_dir=str(tmp_path_factory.mktemp("cache")))
     data.setup()
     return data
+
+
+# -- what every neural model's tests check the same way -------------------------------------
+QUIET = dict(logger=False, enable_checkpointing=False, enable_progress_bar=False,
+             enable_model_summary=False)
+
+
+def scores_alone_and_padded(model, ds):
+    """(1, N) scores of the split's shortest example alone, and the same example's scores
+    inside a batch padded to the longest input (model in eval mode)."""
+    import torch
+
+    lengths = ds.lengths()
+    short, long = int(lengths.argmin()), int(lengths.argmax())
+    assert lengths[short] < lengths[long]
+    with torch.no_grad():
+        return model(ds[[short]]), model(ds[[long, short, long]])[1:2]
+
+
+def reload_after_training(model, dm, tmp_path):
+    """`model` after a few training steps (put in eval mode), and its checkpoint loaded by
+    its class alone (no Hydra, no data module)."""
+    import pytorch_lightning as L
+
+    trainer = L.Trainer(max_epochs=1, limit_train_batches=3, limit_val_batches=1, **QUIET)
+    trainer.fit(model, datamodule=dm)
+    path = tmp_path / "model.ckpt"
+    trainer.save_checkpoint(path)
+    model.eval()
+    return type(model).load_from_checkpoint(path).eval()

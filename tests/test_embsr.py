@@ -7,7 +7,7 @@ import pytest
 import pytorch_lightning as L
 import torch
 import torch.nn.functional as F
-from conftest import compose_cfg
+from conftest import QUIET, compose_cfg, reload_after_training
 from hydra.utils import instantiate
 
 from microrec.data.module import MicroDataModule
@@ -18,8 +18,6 @@ from microrec.models.pop import Pop
 from microrec.reports.results import row_of
 
 SMALL = dict(item_dim=8, activity_dim=4, dwell_dim=3)
-QUIET = dict(logger=False, enable_checkpointing=False, enable_progress_bar=False,
-             enable_model_summary=False)
 
 
 def build(dm, **kw):
@@ -165,15 +163,9 @@ def test_sku_is_the_model_without_micro_behaviors(dm):
 def test_reload_from_checkpoint_gives_identical_scores(dm, tmp_path):
     L.seed_everything(0)
     model = build(dm, features="full")
-    trainer = L.Trainer(max_epochs=1, limit_train_batches=3, limit_val_batches=1, **QUIET)
-    trainer.fit(model, datamodule=dm)
-    path = tmp_path / "model.ckpt"
-    trainer.save_checkpoint(path)
-    reloaded = EMBSR.load_from_checkpoint(path)  # no Hydra, no data module needed
-    assert reloaded.hparams.features == "full"
+    reloaded = reload_after_training(model, dm, tmp_path)
+    assert type(reloaded) is EMBSR and reloaded.hparams.features == "full"
     batch = dm.dataset("test")[list(range(20))]
-    model.eval()
-    reloaded.eval()
     with torch.no_grad():
         assert torch.equal(model(batch), reloaded(batch))
 

@@ -5,7 +5,7 @@ import math
 import pytest
 import pytorch_lightning as L
 import torch
-from conftest import compose_cfg
+from conftest import QUIET, compose_cfg, reload_after_training, scores_alone_and_padded
 from torch import nn
 
 from microrec.data.module import MicroDataModule
@@ -17,8 +17,6 @@ from microrec.reports.results import row_of
 
 SMALL = dict(item_dim=8, activity_dim=4, dwell_dim=4, hidden_size=12, attention_size=6,
              init="random")
-QUIET = dict(logger=False, enable_checkpointing=False, enable_progress_bar=False,
-             enable_model_summary=False)
 
 
 def build(dm, **kw):
@@ -138,14 +136,8 @@ def test_each_levels_attention_gives_padding_exactly_zero():
 @pytest.mark.parametrize("features", ["full", "sku"])
 def test_scores_do_not_depend_on_padding(dm, features):
     """An example scores the same alone and padded inside a batch of longer inputs."""
-    ds = dm.dataset("val")
-    lengths = ds.lengths()
-    short, long = int(lengths.argmin()), int(lengths.argmax())
-    assert lengths[short] < lengths[long]
     model = build(dm, features=features).eval()
-    with torch.no_grad():
-        alone = model(ds[[short]])
-        padded = model(ds[[long, short, long]])[1:2]
+    alone, padded = scores_alone_and_padded(model, dm.dataset("val"))
     assert torch.allclose(alone, padded, atol=1e-5)
 
 
@@ -182,13 +174,10 @@ def test_the_category_level_reads_the_category_table_of_the_embedding_block(dm):
     model = build(dm, features="full_cat").eval()
     assert model.category is not None and model.user.in_features == 3 * 12
     ds = dm.dataset("val")
-    lengths = ds.lengths()
-    short, long = int(lengths.argmin()), int(lengths.argmax())
     batch = ds[list(range(16))]
     assert (batch["category"] >= 2).any()
+    alone, padded = scores_alone_and_padded(model, ds)
     with torch.no_grad():
-        alone = model(ds[[short]])
-        padded = model(ds[[long, short, long]])[1:2]
         scores = model(batch)
         other = model({**batch, "category": torch.where(batch["category"] == 2, 3,
                                                          batch["category"])})
@@ -212,15 +201,9 @@ def test_sampled_loss_runs_and_reaches_the_product_table(dm):
 def test_reload_from_checkpoint_gives_identical_scores(dm, tmp_path):
     L.seed_everything(0)
     model = build(dm, features="sku_dwell")
-    trainer = L.Trainer(max_epochs=1, limit_train_batches=3, limit_val_batches=1, **QUIET)
-    trainer.fit(model, datamodule=dm)
-    path = tmp_path / "model.ckpt"
-    trainer.save_checkpoint(path)
-    reloaded = HUP.load_from_checkpoint(path)  # no Hydra, no data module needed
-    assert reloaded.hparams.features == "sku_dwell"
+    reloaded = reload_after_training(model, dm, tmp_path)
+    assert type(reloaded) is HUP and reloaded.hparams.features == "sku_dwell"
     batch = dm.dataset("test")[list(range(20))]
-    model.eval()
-    reloaded.eval()
     with torch.no_grad():
         assert torch.equal(model(batch), reloaded(batch))
 
