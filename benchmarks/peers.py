@@ -5,7 +5,7 @@ beside RecBole 1.2.1's GRU4Rec, NARM and SASRec on the very same batches, in one
     python benchmarks/peers.py                       # the JD Appliances sample and paper scale
     python benchmarks/peers.py --skip-paper          # the JD sample only (a few minutes)
     python benchmarks/peers.py --sessions 100000 --items 20000 --steps 5   # a quick look
-    python benchmarks/peers.py --skip-paper --recbole-python /work/recbole-venv/bin/python
+    python benchmarks/peers.py --skip-paper --recbole-python .venv-recbole/bin/python
 
 Each model trains on the same batches of the data module's training split (batch 2048,
 length-bucketed as in every run, 2 threads, autograd anomaly detection off): a few warm-up
@@ -21,8 +21,8 @@ times a microrec model and RecBole's same model back to back (which goes first a
 from round to round), so a change of load hits both. RecBole's pins (numpy<2 among them) are
 not microrec's, so it lives in a venv of its own, never a dependency of microrec:
 
-    python3.11 -m venv /work/recbole-venv
-    /work/recbole-venv/bin/pip install torch==2.13.0 'recbole==1.2.1' 'numpy<2'
+    python3.11 -m venv .venv-recbole
+    .venv-recbole/bin/pip install torch==2.13.0 'recbole==1.2.1' 'numpy<2'
 
 Prints one JSON line per figure (medians over `--rounds`, the ratio the median of each round's
 microrec/RecBole ratio), then a table. See benchmarks/README.md.

@@ -3,11 +3,11 @@
 Run by peers.py with the interpreter of a separate venv that holds RecBole 1.2.1 (its pins,
 numpy<2 among them, are no dependency of microrec's), never imported by microrec:
 
-    python3.11 -m venv /work/recbole-venv
-    /work/recbole-venv/bin/pip install torch==2.13.0 'recbole==1.2.1' 'numpy<2'
-    python benchmarks/peers.py --recbole-python /work/recbole-venv/bin/python
+    python3.11 -m venv .venv-recbole
+    .venv-recbole/bin/pip install torch==2.13.0 'recbole==1.2.1' 'numpy<2'
+    python benchmarks/peers.py --recbole-python .venv-recbole/bin/python
 
-    /work/recbole-venv/bin/python benchmarks/recbole_side.py BATCHES.npz --threads 2 --warmup 2
+    .venv-recbole/bin/python benchmarks/recbole_side.py BATCHES.npz --threads 2 --warmup 2
 
 BATCHES.npz (written by peers.py) holds `n_items` and, per batch i, `item_i` (B, T) product
 ids right-padded with 0, `length_i` (B,) and `target_i` (B,); microrec's side reads the very
