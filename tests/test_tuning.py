@@ -190,6 +190,7 @@ def test_a_study_keeps_its_best_trial_as_a_config_that_a_tuned_row_loads(study, 
     best_overrides, best_metrics = on_disk[1]
 
     tune = runpy.run_path(str(ROOT / "src" / "tune.py"))["main"]
+    OmegaConf.clear_resolver("sqlite_url")  # as in a fresh process: tune.py composes nothing
     conf = study / "conf"
     assert tune([str(study / "sweep"), "--conf", str(conf)]) == 0
     out = conf / "tuned" / "narm" / "synthetic.yaml"

@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from microrec.errors import ConfigError
 from microrec.files import atomic_write
 from microrec.runs.folders import CONFIG, HYDRA, job_folders, job_id, read_metrics
-from microrec.runs.naming import SQLITE
+from microrec.runs.naming import SQLITE, register_resolvers
 
 RESULTS = "optimization_results.yaml"  # what Hydra's Optuna sweeper leaves when it finishes
 
@@ -38,6 +38,7 @@ def check_tuned(tuned: DictConfig | None, data: str) -> None:
 def _storage(hydra: DictConfig) -> tuple[str, Path | None]:
     """A sweep's storage URL, a relative SQLite path (given on the command line) taken from
     the sweep's working directory; and that SQLite file (None for another database)."""
+    register_resolvers()  # the saved config names its storage through `sqlite_url`
     url = str(hydra.sweeper.storage)
     if not url.startswith(SQLITE):
         return url, None
