@@ -7,14 +7,11 @@ import pytest
 import pytorch_lightning as L
 import torch
 import torch.nn.functional as F
-from conftest import QUIET, compose_cfg, reload_after_training
+from conftest import QUIET, compose_cfg, reload_after_training, synthetic_and_pop_floor
 from hydra.utils import instantiate
 
-from microrec.data.module import MicroDataModule
 from microrec.data.schema import NUM_SPECIAL, PAD
-from microrec.data.synthetic import SyntheticSource
 from microrec.models.embsr import EMBSR, STAR_OPERATION, pair_index, session_graph
-from microrec.models.pop import Pop
 from microrec.reports.results import row_of
 
 SMALL = dict(item_dim=8, activity_dim=4, dwell_dim=3)
@@ -203,13 +200,7 @@ def test_configs_build_it_with_the_features_asked_for(tmp_path):
 @pytest.mark.slow
 def test_it_beats_pop_by_a_wide_margin_on_synthetic_data(tmp_path):
     """Planted sequential signal: EMBSR's test MRR@20 is over twice POP's."""
-    dm = MicroDataModule(SyntheticSource(n_sessions=1000, n_items=100, n_categories=10),
-                         batch_size=128, eval_batch_size=512, eval_targets="all",
-                         cache_dir=str(tmp_path))
-    dm.setup()
-    pop = Pop(dm.n_items, dm.n_activities, dm.n_dwell)
-    pop.fit(dm)
-    floor = L.Trainer(**QUIET).test(pop, datamodule=dm, verbose=False)[0]["test/mrr@20"]
+    dm, floor = synthetic_and_pop_floor(tmp_path, n_sessions=1000)
     L.seed_everything(0)
     model = build(dm, item_dim=32, activity_dim=4, dwell_dim=4, lr=0.01)
     trainer = L.Trainer(max_epochs=5, num_sanity_val_steps=0, **QUIET)

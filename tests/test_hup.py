@@ -5,14 +5,17 @@ import math
 import pytest
 import pytorch_lightning as L
 import torch
-from conftest import QUIET, compose_cfg, reload_after_training, scores_alone_and_padded
+from conftest import (
+    QUIET,
+    compose_cfg,
+    reload_after_training,
+    scores_alone_and_padded,
+    synthetic_and_pop_floor,
+)
 from torch import nn
 
-from microrec.data.module import MicroDataModule
 from microrec.data.schema import FEATURES
-from microrec.data.synthetic import SyntheticSource
 from microrec.models.hup import HUP, BehaviorLSTM, LevelAttention, compact, run_ends
-from microrec.models.pop import Pop
 from microrec.reports.results import row_of
 
 SMALL = dict(item_dim=8, activity_dim=4, dwell_dim=4, hidden_size=12, attention_size=6,
@@ -226,14 +229,8 @@ def test_hup_beats_pop_by_a_wide_margin_on_synthetic_data(tmp_path):
     """Planted sequential signal: HUP's test MRR@20 is over twice POP's (default settings but
     smaller sizes, word2vec init included; measured 0.43 against 0.20, seeds 1 and 2 0.41 and
     0.42)."""
-    dm = MicroDataModule(SyntheticSource(n_sessions=1500, n_items=100, n_categories=10),
-                         batch_size=64, eval_batch_size=512, eval_targets="all",
-                         cache_dir=str(tmp_path))
-    dm.setup()
+    dm, floor = synthetic_and_pop_floor(tmp_path, n_sessions=1500, batch_size=64)
     sizes = (dm.n_items, dm.n_activities, dm.n_dwell)
-    pop = Pop(*sizes)
-    pop.fit(dm)
-    floor = L.Trainer(**QUIET).test(pop, datamodule=dm, verbose=False)[0]["test/mrr@20"]
     L.seed_everything(0)
     model = HUP(*sizes, item_dim=32, hidden_size=32)
     trainer = L.Trainer(max_epochs=3, num_sanity_val_steps=0, limit_val_batches=0, **QUIET)

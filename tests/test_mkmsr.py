@@ -3,13 +3,16 @@
 import pytest
 import pytorch_lightning as L
 import torch
-from conftest import QUIET, compose_cfg, reload_after_training, scores_alone_and_padded
+from conftest import (
+    QUIET,
+    compose_cfg,
+    reload_after_training,
+    scores_alone_and_padded,
+    synthetic_and_pop_floor,
+)
 
-from microrec.data.module import MicroDataModule
 from microrec.data.schema import FEATURES, PAD
-from microrec.data.synthetic import SyntheticSource
 from microrec.models.mkmsr import GGNN, MKMSR, normalised, session_graph
-from microrec.models.pop import Pop
 from microrec.reports.results import row_of
 
 SMALL = dict(item_dim=8, activity_dim=4, dwell_dim=4, hidden_size=12)
@@ -169,13 +172,7 @@ def test_it_learns_the_planted_signal_far_better_than_pop(tmp_path):
 
     Measured: 0.406-0.424 over seeds 0-2 against POP's 0.188.
     """
-    dm = MicroDataModule(SyntheticSource(n_sessions=3000, n_items=100, n_categories=10),
-                         batch_size=128, eval_batch_size=512, eval_targets="all",
-                         cache_dir=str(tmp_path))
-    dm.setup()
-    pop = Pop(dm.n_items, dm.n_activities, dm.n_dwell)
-    pop.fit(dm)
-    floor = L.Trainer(**QUIET).test(pop, datamodule=dm, verbose=False)[0]["test/mrr@20"]
+    dm, floor = synthetic_and_pop_floor(tmp_path, n_sessions=3000)
     L.seed_everything(0)
     model = MKMSR(dm.n_items, dm.n_activities, dm.n_dwell, features="full", item_dim=32,
                   activity_dim=8, dwell_dim=8, hidden_size=16, lr=5e-3)

@@ -8,13 +8,10 @@ import pytest
 import pytorch_lightning as L
 import torch
 import torch.nn.functional as F
-from conftest import compose_cfg
+from conftest import compose_cfg, synthetic_and_pop_floor
 
-from microrec.data.module import MicroDataModule
 from microrec.data.schema import FEATURES, NUM_SPECIAL, PAD
-from microrec.data.synthetic import SyntheticSource
 from microrec.models.narm import NARM
-from microrec.models.pop import Pop
 from microrec.models.repeatnet import RepeatNet
 from microrec.models.rib import RIB
 from microrec.models.sasrec import SASRec
@@ -197,15 +194,8 @@ def test_a_peer_trains_end_to_end_through_train(tmp_path):
 @pytest.mark.slow
 def test_each_peer_beats_pop_by_a_wide_margin_on_synthetic_data(tmp_path):
     """Planted sequential signal: every neural peer's validation MRR@20 is over twice POP's."""
-    dm = MicroDataModule(SyntheticSource(n_sessions=1500, n_items=100, n_categories=10),
-                         batch_size=128, eval_batch_size=512, eval_targets="all",
-                         cache_dir=str(tmp_path))
-    dm.setup()
+    dm, floor = synthetic_and_pop_floor(tmp_path, n_sessions=1500, split="val")
     sizes = (dm.n_items, dm.n_activities, dm.n_dwell)
-    pop = Pop(*sizes)
-    pop.fit(dm)
-    trainer = L.Trainer(**QUIET)
-    floor = trainer.validate(pop, datamodule=dm, verbose=False)[0]["val/mrr@20"]
     peers = {**{name: partial(cls, features="full") for name, cls in MODELS.items()},
              "gru4rec": partial(RIB, features="sku", attention=False, init="random")}
     for name, make in peers.items():
