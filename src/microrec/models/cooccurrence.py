@@ -224,3 +224,92 @@ class Cooccurrence(nn.Module):
         `add_to_` and `candidate_scores`)."""
         scores = self.weight.new_zeros(batch["item"].size(0), self.partner.size(0))  # (B, N)
         return self.add_to_(scores, batch, leave_out)
+
+
+class Transitions(nn.Module):
+    """Scores c * log(1 + T(j)) with a learned c: T(j) is how many times j directly follows
+    the input's last product in the training sessions (one macro interaction after it).
+
+    Each product keeps its `k` most frequent successors (the rest count 0), so an input's
+    scores are non-zero on at most k columns. As `Cooccurrence` does, a training example
+    reads the counts without its own session's transitions: there its last product is always
+    followed by its target.
+    """
+
+    def __init__(self, n_items: int, k: int):
+        super().__init__()
+        self.register_buffer("successor", torch.full((n_items, k), PAD))  # (N, K)
+        self.register_buffer("count", torch.zeros(n_items, k))  # (N, K)
+        self.weight = nn.Parameter(torch.ones(1))  # c
+        # the training split's sessions as macro interactions, for leaving one out (rebuilt
+        # by `fit`, not saved)
+        self.register_buffer("session_ptr", torch.zeros(1, dtype=torch.long), persistent=False)
+        self.register_buffer("session_item", torch.zeros(0, dtype=torch.long), persistent=False)
+        self.register_buffer("example_session", torch.zeros(0, dtype=torch.long),
+                             persistent=False)
+
+    def fit(self, train: SplitArrays) -> None:
+        """Count the training split's transitions between consecutive macro interactions."""
+        n = self.successor.size(0)
+        session, item = macro_visits(train)  # (M,) each, sessions in order
+        same = session[1:] == session[:-1]  # (M - 1,) a transition inside one session
+        pair, count = np.unique(item[:-1][same] * n + item[1:][same], return_counts=True)
+        at, successor, count = keep_top(pair // n, pair % n, count, self.successor.size(1))
+        device = self.successor.device
+        self.successor.fill_(PAD)
+        self.count.zero_()
+        self.successor[at] = successor.to(device)
+        self.count[at] = count.float().to(device)
+        ptr = np.searchsorted(session, np.arange(train.session_end.size + 1))  # (S + 1,)
+        self.session_ptr = torch.from_numpy(ptr.astype(np.int64)).to(device)
+        self.session_item = torch.from_numpy(item).to(device)
+        self.example_session = torch.from_numpy(
+            np.searchsorted(train.session_end, train.first, side="right")).to(device)
+
+    def own_counts(self, batch: dict[str, torch.Tensor], successor: torch.Tensor) -> torch.Tensor:
+        """(B, K) how many times each of `successor` (B, K) directly follows the example's
+        last product in its own (training) session."""
+        session = self.example_session[batch["index"]]  # (B,)
+        start, end = self.session_ptr[session], self.session_ptr[session + 1]  # (B,)
+        steps = torch.arange(int((end - start).max()), device=start.device)  # (L,)
+        real = steps[None, :] < (end - start)[:, None]  # (B, L)
+        at = (start[:, None] + steps).clamp(max=self.session_item.numel() - 1)  # (B, L)
+        visit = self.session_item[at].masked_fill(~real, PAD)  # (B, L) its macro interactions
+        after_last = visit[:, :-1] == last_items(batch)[:, None]  # (B, L - 1)
+        follower = visit[:, 1:].masked_fill(~after_last, PAD)  # (B, L - 1)
+        own = (successor[:, :, None] == follower[:, None, :]).sum(-1)  # (B, K)
+        return own.masked_fill(successor == PAD, 0).float()
+
+    def slots(self, batch: dict[str, torch.Tensor],
+              leave_out: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """The last product's kept successors (B, K) and their scores (B, K), 0 in unused
+        slots. `leave_out`: the batch is from the training split."""
+        last = last_items(batch)  # (B,)
+        successor, count = self.successor[last], self.count[last]  # (B, K) each
+        if leave_out:
+            count = count - self.own_counts(batch, successor)
+        return successor, self.weight * torch.log1p(count)
+
+    def add_to_(self, logits: torch.Tensor, batch: dict[str, torch.Tensor],
+                leave_out: bool) -> torch.Tensor:
+        """`logits` (B, N) plus the expert's scores, in place."""
+        successor, score = self.slots(batch, leave_out)
+        return logits.scatter_add_(1, successor, score)  # unused slots add 0 to PAD
+
+    def candidate_scores(self, batch: dict[str, torch.Tensor], negatives: torch.Tensor,
+                         leave_out: bool) -> torch.Tensor:
+        """(B, 1 + K') the expert's scores of each example's target (column 0) and of the
+        negatives (K',) shared by the batch (the sampled loss)."""
+        successor, score = self.slots(batch, leave_out)  # (B, K) each
+        target = (score * (successor == batch["target"][:, None])).sum(1, keepdim=True)  # (B, 1)
+        distinct, inverse = torch.unique(negatives, return_inverse=True)  # (U,), (K',)
+        u = distinct.numel()
+        at = torch.searchsorted(distinct, successor.contiguous()).clamp(max=u - 1)  # (B, K)
+        at = torch.where(distinct[at] == successor, at, u)  # (B, K) u: not a negative
+        grid = score.new_zeros(score.size(0), u + 1).scatter_add_(1, at, score)  # (B, U + 1)
+        return torch.cat([target, grid.index_select(1, inverse)], dim=1)
+
+    def forward(self, batch: dict[str, torch.Tensor], leave_out: bool) -> torch.Tensor:
+        """(B, N) the expert's scores of every product (to read them)."""
+        scores = self.weight.new_zeros(batch["item"].size(0), self.successor.size(0))  # (B, N)
+        return self.add_to_(scores, batch, leave_out)

@@ -22,29 +22,31 @@ from torch import nn
 from microrec.data.schema import NUM_SPECIAL
 from microrec.errors import ConfigError
 from microrec.models.base import last_items
-from microrec.models.cooccurrence import Cooccurrence
+from microrec.models.cooccurrence import Cooccurrence, Transitions
 from microrec.models.neural import last_state, sampled_softmax_loss
 
 MAX_DISTANCE = 50  # positions further than this from the end share one distance embedding
 MASKED = -1e9  # a finite "minus infinity": a row with nothing to attend to stays NaN-free
 
 
-def make_head(name: str, neighbours: int, input_size: int, attention_size: int,
-              **output) -> SoftmaxHead | RepeatExploreHead:
+def make_head(name: str, neighbours: int, transitions: int, input_size: int,
+              attention_size: int, **output) -> SoftmaxHead | RepeatExploreHead:
     """The head `conf/head/<name>.yaml` names.
 
     neighbours: the co-occurrence expert's partners per product (0: off), repeat_explore only.
+    transitions: the transition expert's successors per product (0: off), likewise.
     input_size, attention_size: the embedded input's and the repeat attention's sizes.
     output: `OutputLayer`'s arguments, which both heads take.
     """
     if name == "softmax":
-        if neighbours:
-            raise ConfigError(f"model.neighbours={neighbours} scores the explore side of "
-                              "head=repeat_explore: set head=repeat_explore or neighbours=0.")
+        for option, value in (("neighbours", neighbours), ("transitions", transitions)):
+            if value:
+                raise ConfigError(f"model.{option}={value} scores the explore side of "
+                                  f"head=repeat_explore: set head=repeat_explore or {option}=0.")
         return SoftmaxHead(**output)
     if name == "repeat_explore":
         return RepeatExploreHead(**output, input_size=input_size, attention_size=attention_size,
-                                 neighbours=neighbours)
+                                 neighbours=neighbours, transitions=transitions)
     raise ConfigError(f"unknown head '{name}': choose one of softmax, repeat_explore.")
 
 
@@ -188,27 +190,37 @@ class RepeatExploreHead(nn.Module):
 
     p_repeat and g: `RepeatExplore`. p_explore: the softmax of the output layer over the
     products not in the input, its logits plus the co-occurrence expert's scores
-    (`Cooccurrence`) when `neighbours` > 0. `logits` are log p(j).
+    (`Cooccurrence`) when `neighbours` > 0 and the transition expert's (`Transitions`) when
+    `transitions` > 0. `logits` are log p(j).
 
     Args: `OutputLayer`'s, and
         input_size, attention_size: the embedded input's and the repeat attention's sizes.
         neighbours: the co-occurrence expert's partners kept per product (0: off).
+        transitions: the transition expert's successors kept per product (0: off).
     """
 
     def __init__(self, n_items: int, hidden_size: int, dropout: float,
                  tied: nn.Embedding | None = None, sparse: bool = False, *,
-                 input_size: int, attention_size: int, neighbours: int = 0):
+                 input_size: int, attention_size: int, neighbours: int = 0,
+                 transitions: int = 0):
         super().__init__()
         # the output layer last, so that a seed draws the same initial weights as RIB did
         # before its heads were modules
         self.repeat = RepeatExplore(hidden_size, input_size, attention_size)
         self.cooccurrence = Cooccurrence(n_items, neighbours) if neighbours else None
         self.out = OutputLayer(n_items, hidden_size, dropout, tied, sparse)
+        # after the output layer, so that a seed draws the weights it drew without it
+        self.transitions = Transitions(n_items, transitions) if transitions else None
+
+    def experts(self) -> list[Cooccurrence | Transitions]:
+        """The count experts the explore side adds, in order."""
+        return [e for e in (self.cooccurrence, self.transitions) if e is not None]
 
     def fit(self, train) -> None:
-        """Count co-occurrences in the training split (`SplitArrays`), if neighbours > 0."""
-        if self.cooccurrence is not None:
-            self.cooccurrence.fit(train)
+        """Count co-occurrences and transitions in the training split (`SplitArrays`), for
+        the experts that are on."""
+        for expert in self.experts():
+            expert.fit(train)
 
     def mixture(self, batch, x, h, pooled, leave_out: bool = False):
         """Repeat weights (B, T), log g, log(1 - g) (B,) and explore logits (B, N).
@@ -218,8 +230,8 @@ class RepeatExploreHead(nn.Module):
         """
         weights, log_g, log_not_g = self.repeat(h, x, self.repeat_query(batch, h, pooled), batch)
         explore = self.out(pooled)  # (B, N)
-        if self.cooccurrence is not None:  # its scores added where they are non-zero only
-            explore = self.cooccurrence.add_to_(explore, batch, leave_out)
+        for expert in self.experts():  # their scores added where they are non-zero only
+            explore = expert.add_to_(explore, batch, leave_out)
         explore = explore.scatter_(1, batch["item"], float("-inf"))  # not the input's products
         explore[:, :NUM_SPECIAL] = float("-inf")
         return weights, log_g, log_not_g, explore
@@ -263,9 +275,10 @@ class RepeatExploreHead(nn.Module):
         weights, log_g, log_not_g = self.repeat(h, x, self.repeat_query(batch, h, pooled), batch)
         p_repeat, repeated = split_target(batch, weights)
         in_input = negatives_in_input(batch["item"], negatives)  # (B, K)
-        offset = None  # the expert's scores of the targets and the negatives alone
-        if self.cooccurrence is not None:
-            offset = self.cooccurrence.candidate_scores(batch, negatives, leave_out=True)
+        offset = None  # the experts' scores of the targets and the negatives alone
+        for expert in self.experts():
+            scores = expert.candidate_scores(batch, negatives, leave_out=True)  # (B, 1 + K)
+            offset = scores if offset is None else offset + scores
         nll_explore = -log_not_g + sampled_softmax_loss(
             self.out.query(pooled), *self.out.tables(), batch["target"], negatives, log_q,
             exclude=in_input, offset=offset, reduction="none")  # (B,)

@@ -70,6 +70,10 @@ class RIB(NeuralRecommender):
             many training sessions hold each product with the input's products, and with
             its last product) (`Cooccurrence`, each product's `neighbours` most frequent
             partners kept); head=repeat_explore only.
+        transitions: 0 (off), or the explore side adds a learned weight times log(1 + how
+            many times each product directly follows the input's last product in the
+            training sessions) (`Transitions`, each product's `transitions` most frequent
+            successors kept); head=repeat_explore only.
         lr, weight_decay: Adam settings (weight decay applies to the dense parameters).
         loss: full (softmax over every product) or sampled (n_negatives popularity-sampled
             negatives shared by the batch, logQ-corrected; the product tables then get
@@ -102,6 +106,7 @@ class RIB(NeuralRecommender):
         head: str = "softmax",
         tied: bool = False,
         neighbours: int = 0,
+        transitions: int = 0,
     ):
         super().__init__(loss, init)
         if encoder not in ENCODERS:
@@ -112,8 +117,8 @@ class RIB(NeuralRecommender):
                                     n_categories=n_categories, category_dim=category_dim)
         self.rnn = ENCODERS[encoder](self.embed.dim, hidden_size, batch_first=True)
         self.attention = Attention(hidden_size, attention_size) if attention else None
-        self.head = make_head(head, neighbours, self.embed.dim, attention_size, n_items=n_items,
-                              hidden_size=hidden_size, dropout=dropout,
+        self.head = make_head(head, neighbours, transitions, self.embed.dim, attention_size,
+                              n_items=n_items, hidden_size=hidden_size, dropout=dropout,
                               tied=self.embed.item if tied else None, sparse=self.sampled)
 
     def setup(self, stage: str) -> None:
