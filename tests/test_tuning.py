@@ -79,7 +79,7 @@ def test_every_search_has_a_tuned_row_in_experiment_tuned_and_in_the_table():
         sku = compose_job([f"+row={name}_tuned_sku", "data=jd_computers"])
         assert f"{name}_tuned_sku" in rows and row_of(sku)[0] == "sku"
         assert sku.hydra.runtime.choices.tuned == f"{name}/jd_computers"
-    untuned_rows = {"rib": "rib_re_tied_nb_full", "narm": "narm_sku", "sasrec": "sasrec_sku",
+    untuned_rows = {"rib": "rib_re_tied_nb_tr_full", "narm": "narm_sku", "sasrec": "sasrec_sku",
                     "repeatnet": "repeatnet_sku", "gru4rec": "gru4rec",
                     "mkmsr": "mkmsr_full", "embsr": "embsr_full",
                     "hup": "hup_full"}  # the same settings
@@ -94,10 +94,10 @@ def test_every_search_has_a_tuned_row_in_experiment_tuned_and_in_the_table():
 
 def test_the_rib_study_and_its_tuned_rows_compose_the_output_layer_it_holds_fixed():
     """conf/tuning/rib_fixed.yaml is the one place that fixes the tuned RIB's output layer:
-    the study and every rib_tuned* row compose with its head, tied and neighbours."""
+    the study and every rib_tuned* row compose with its head, tied and both experts."""
     fixed = OmegaConf.load(ROOT / "conf" / "tuning" / "rib_fixed.yaml")
     assert list(fixed.defaults) == [{"override /head": "repeat_explore"}]
-    assert (fixed.model.tied, fixed.model.neighbours) == (True, 100)
+    assert (fixed.model.tied, fixed.model.neighbours, fixed.model.transitions) == (True, 100, 100)
     jobs = {"hparams_search=rib": "full", "+row=rib_tuned": "full",
             **{f"+row=rib_tuned_{f}": f for f in ("sku", "sku_act", "sku_dwell")}}
     assert {f"+row={p.stem}" for p in (ROOT / "conf" / "row").glob("rib_tuned*.yaml")} == \
@@ -106,7 +106,8 @@ def test_the_rib_study_and_its_tuned_rows_compose_the_output_layer_it_holds_fixe
         cfg = compose_job([job, "data=jd_computers"])
         assert (cfg.hydra.runtime.choices.head, cfg.head.name, cfg.model.head) == \
             ("repeat_explore",) * 3, job
-        assert (cfg.model.tied, cfg.model.neighbours) == (True, 100), job
+        assert (cfg.model.tied, cfg.model.neighbours, cfg.model.transitions) == \
+            (True, 100, 100), job
         assert (cfg.features.name, cfg.hydra.runtime.choices.model) == (features, "rib"), job
 
 
