@@ -262,7 +262,7 @@ def test_a_new_row_yaml_puts_its_jobs_where_its_table_node_says(tmp_path):
      ("full", "RIB w/o attention (RNN, repeat-explore, tied, neighbours) (tuned)")),
     (["+row=rib_full", "encoder=lstm"], ("full", "RIB (LSTM)")),  # a row and an option
     (["experiment=tuned", "row=rib_tuned_sku", "data=jd_computers", "attention=off"],
-     ("sku", "RIB w/o attention (repeat-explore, tied, neighbours) (tuned)")),
+     ("sku", "RIB w/o attention (repeat-explore, tied, neighbours, transitions) (tuned)")),
     (["model=gru4rec", "encoder=lstm"], ("sku", "GRU4Rec")),  # a model of its own
     (["model=narm", "features=full", "data=jd_computers", "tuned=narm/jd_computers"],
      ("full", "NARM (tuned)")),
