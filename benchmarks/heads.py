@@ -14,10 +14,10 @@ alike); wall and process CPU time (all threads) are both reported. The batches h
 `--batch` inputs of 1..`--max-len` micro-behaviors over `--items` products (the paper's
 Appliances catalogue: 115k), features=full, attention on, the model's default sizes.
 Products are drawn with the same Zipf-like popularity in the batches as in the random
-training sessions the co-occurrence expert (model.neighbours) is fitted on, so the inputs'
-products have full partner lists, as on real data (the expert's work grows with them), and
+training sessions the count experts (model.neighbours, model.transitions) are fitted on, so
+the inputs' products have full partner lists, as on real data (the expert's work grows with them), and
 in the targets the sampled loss draws its negatives from (`set_sampling`), so many of them
-are partners of the inputs. The expert's fitting (once per run) is not timed.
+are partners of the inputs. The experts' fitting (once per run) is not timed.
 """
 
 from __future__ import annotations
@@ -43,6 +43,8 @@ CONFIGS = {  # name: RIB arguments
     "repeat-explore": dict(head="repeat_explore"),
     "repeat-explore, tied": dict(head="repeat_explore", tied=True),
     "repeat-explore, tied, neighbours": dict(head="repeat_explore", tied=True, neighbours=100),
+    "repeat-explore, tied, neighbours, transitions": dict(head="repeat_explore", tied=True,
+                                                          neighbours=100, transitions=100),
 }
 N_ACTIVITIES, N_DWELL = 12, 8
 
@@ -89,7 +91,7 @@ def build(name: str, loss: str, args, train: SplitArrays, log_q_source, device):
     torch.manual_seed(0)
     model = RIB(args.items, N_ACTIVITIES, N_DWELL, init="random", loss=loss,
                 n_negatives=args.negatives, **CONFIGS[name])
-    model.head.fit(train)  # the co-occurrence counts, where the head has them
+    model.head.fit(train)  # the experts' counts, where the head has them
     model = model.to(device)
     model.set_sampling(log_q_source)
     model.train()
