@@ -14,10 +14,10 @@ alike); wall and process CPU time (all threads) are both reported. The batches h
 `--batch` inputs of 1..`--max-len` micro-behaviors over `--items` products (the paper's
 Appliances catalogue: 115k), features=full, attention on, the model's default sizes.
 Products are drawn with the same Zipf-like popularity in the batches as in the random
-training sessions the count experts (model.neighbours, model.transitions) are fitted on, so
-the inputs' products have full partner lists, as on real data (the expert's work grows with them), and
-in the targets the sampled loss draws its negatives from (`set_sampling`), so many of them
-are partners of the inputs. The experts' fitting (once per run) is not timed.
+training sessions the count experts (model.neighbours, model.transitions) are fitted on,
+so the inputs' products have full partner lists, as on real data (the experts' work grows
+with them), and in the targets the sampled loss draws its negatives from (`set_sampling`),
+so many of them are partners of the inputs. The experts' fitting (once per run) is not timed.
 """
 
 from __future__ import annotations

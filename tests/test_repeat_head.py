@@ -397,7 +397,7 @@ def transition_counts(visits: list[list[int]], n_items: int) -> np.ndarray:
     """(N, N) how many times j directly follows i."""
     counts = np.zeros((n_items, n_items))
     for v in visits:
-        for i, j in zip(v[:-1], v[1:]):
+        for i, j in zip(v[:-1], v[1:], strict=True):
             counts[i, j] += 1
     return counts
 
