@@ -92,6 +92,23 @@ def test_every_search_has_a_tuned_row_in_experiment_tuned_and_in_the_table():
         assert untuned.table.order < cfg.table.order
 
 
+def test_the_untuned_comparison_runs_rib_with_the_tuned_ribs_output_layer():
+    """experiment=untuned (a log without studies) compares RIB's design at default
+    hyperparameters: its RIB rows carry what conf/tuning/rib_fixed.yaml fixes, on sku and
+    full."""
+    fixed = OmegaConf.load(ROOT / "conf" / "tuning" / "rib_fixed.yaml").model
+    rows = compose_job(["experiment=untuned"]).hydra.sweeper.params.row.split(",")
+    rib_rows = [r for r in rows if r.startswith("rib_re")]
+    assert len(rib_rows) == 2
+    features = set()
+    for row in rib_rows:
+        cfg = compose_job([f"+row={row}", "data=jd_computers"])
+        assert cfg.model.head == "repeat_explore"
+        assert {k: cfg.model[k] for k in fixed} == dict(fixed)
+        features.add(cfg.features.name)
+    assert features == {"sku", "full"}
+
+
 def test_the_rib_study_and_its_tuned_rows_compose_the_output_layer_it_holds_fixed():
     """conf/tuning/rib_fixed.yaml is the one place that fixes the tuned RIB's output layer:
     the study and every rib_tuned* row compose with its head, tied and both experts."""
