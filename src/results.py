@@ -1,4 +1,4 @@
-"""Collect multirun jobs into the paper's Table 3: Markdown and CSV, optionally a W&B Table.
+"""Collect multirun jobs into the paper's Table 3: Markdown and CSV, optionally W&B Tables.
 
     python src/results.py                                # the latest under outputs/multirun
     python src/results.py outputs/multirun/A outputs/multirun/B --logger wandb
@@ -40,7 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("folders", nargs="*", type=Path,
                         help="multirun folders (default: the latest under outputs/multirun)")
     parser.add_argument("--logger", choices=("wandb", "none"), default="none",
-                        help="wandb: also log the table as a W&B Table (default none)")
+                        help="wandb: also log the table (and the --slices table and figures) to "
+                        "W&B (default none)")
     parser.add_argument("--against", metavar="ROW",
                         help="compare every row with this one rather than the best baseline: "
                              "a model (RIB) or data type/model (full/RIB)")

@@ -231,6 +231,23 @@ def test_slices_report_each_data_set_and_the_pooled_test(multiruns):
     assert "(each data set weighted by its test sessions)" in by_sessions
 
 
+def test_with_wandb_the_slices_table_and_figures_are_logged_beside_table3(multiruns,
+                                                                            monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    for var in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"):
+        monkeypatch.setenv(var, str(multiruns[0].parent / "wandb-home"))
+    table3(multiruns, sliced="", use_wandb=True, resamples=200)
+    runs = list((multiruns[0] / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    tables = {p.name.split("_0_")[0]: p for p in runs[0].glob("files/media/table/*.json")}
+    assert set(tables) == {"table3", "slices"}
+    logged = json.loads(tables["slices"].read_text())
+    written = pl.read_csv(multiruns[0] / slices.CSV_FILE)
+    assert logged["columns"] == written.columns and len(logged["data"]) == written.height
+    images = {p.name.split("_0_")[0] for p in runs[0].glob("files/media/images/*.png")}
+    assert images == {"slices_1"}
+
+
 @pytest.mark.parametrize(("sliced", "against", "message"), [
     ("RIB", None, "--slices 'RIB' names several rows; give one of: sku/RIB, full/RIB."),
     ("sku/RIB", None, "--slices 'sku/RIB': that row has no SKU row of its model"),

@@ -20,6 +20,7 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
+import polars as pl
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -473,9 +474,10 @@ def slice_pairs(rows: list[tuple[str, str]], examples: dict, spec: str,
 
 
 def slice_report(jobs: list[Job], rows: list[tuple[str, str]], compared: Comparisons | None,
-                 spec: str, against: str | None, weights: str, folder: Path) -> list[str]:
-    """The --slices report's Markdown lines (reports/slices.py), its CSV and figures
-    written into `folder`."""
+                 spec: str, against: str | None, weights: str,
+                 folder: Path) -> tuple[list[str], list[Path]]:
+    """The --slices report's Markdown lines and figures (reports/slices.py), its CSV and
+    figures written into `folder`."""
     if compared is None:
         raise ConfigError("--slices compares rows example by example, but no job left "
                           "predictions.parquet.")
@@ -494,10 +496,18 @@ def slice_report(jobs: list[Job], rows: list[tuple[str, str]], compared: Compari
     return slices.report(pairs, sources, compared.resamples, weights, folder)
 
 
-def log_to_wandb(table: list[list], folder: Path) -> None:
-    """The table as a W&B Table, in a run of the multirun's W&B group."""
-    log_run(lambda wandb: {"table3": wandb.Table(columns=table[0], data=table[1:])},
-            dir=str(folder), name="table3", job_type="results",
+def log_to_wandb(table: list[list], folder: Path, figures: list[Path]) -> None:
+    """The table as a W&B Table, in a run of the multirun's W&B group; with the --slices
+    report's `figures`, its CSV as a second Table and the figures as images."""
+    def entries(wandb) -> dict:
+        logged = {"table3": wandb.Table(columns=table[0], data=table[1:])}
+        if figures:
+            frame = pl.read_csv(folder / slices.CSV_FILE)
+            logged["slices"] = wandb.Table(columns=frame.columns, data=frame.rows())
+            logged |= {path.stem: wandb.Image(str(path)) for path in figures}
+        return logged
+
+    log_run(entries, dir=str(folder), name="table3", job_type="results",
             group=wandb_group(folder.resolve()))
 
 
@@ -505,7 +515,8 @@ def table3(folders: list[Path], use_wandb: bool = False, against: str | None = N
            breakdown: bool = False, resamples: int = significance.RESAMPLES,
            sliced: str | None = None, pool_weights: str = "equal") -> str:
     """Write table3.md and table3.csv into the first multirun folder (and, with `use_wandb`,
-    log a W&B Table); return the Markdown. Jobs without metrics.json are listed under it.
+    log them to W&B: the table, and the --slices table and figures); return the Markdown.
+    Jobs without metrics.json are listed under it.
 
     Args:
         against: compare every row with this row (see `find_row`) rather than with the
@@ -530,8 +541,9 @@ def table3(folders: list[Path], use_wandb: bool = False, against: str | None = N
     datasets, rows, cells = summarise(done)
     compared = compare_rows(done, rows, against, resamples)
     table = csv_table(datasets, rows, cells, compared, breakdown)
-    extra = ([] if sliced is None else
-             slice_report(done, rows, compared, sliced, against, pool_weights, folders[0]))
+    extra, figures = (([], []) if sliced is None else
+                      slice_report(done, rows, compared, sliced, against, pool_weights,
+                                   folders[0]))
     text = markdown(datasets, rows, cells, failed, folders, compared, breakdown, extra)
 
     def write_csv(tmp):
@@ -541,5 +553,5 @@ def table3(folders: list[Path], use_wandb: bool = False, against: str | None = N
     atomic_write(folders[0] / "table3.csv", write_csv)
     atomic_write(folders[0] / "table3.md", lambda tmp: Path(tmp).write_text(text))
     if use_wandb:
-        log_to_wandb(table, folders[0])
+        log_to_wandb(table, folders[0], figures)
     return text

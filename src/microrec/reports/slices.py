@@ -362,9 +362,9 @@ def draw(name_a: str, name_b: str, datasets: dict[str, DataSet], pooled: list[Po
 
 
 def report(pairs: list[tuple[str, str, dict]], sources: dict[tuple[str, int], Path],
-           resamples: int, weights: str, folder: Path) -> list[str]:
-    """Markdown lines of every pair's slices; writes slices.csv and one figure per pair
-    (slices_<n>.png) into `folder`.
+           resamples: int, weights: str, folder: Path) -> tuple[list[str], list[Path]]:
+    """Markdown lines of every pair's slices, and the figures: writes slices.csv and one
+    figure per pair (slices_<n>.png) into `folder`.
 
     Args:
         pairs: (A's name, B's name, data set -> (A's, B's seed_average table)).
@@ -374,7 +374,7 @@ def report(pairs: list[tuple[str, str, dict]], sources: dict[tuple[str, int], Pa
     from microrec.reports.plots import save_png  # matplotlib: only with --slices
 
     inputs: dict[tuple[str, int], pl.DataFrame] = {}
-    lines, rows = [], []
+    lines, rows, figures = [], [], []
     for n, (name_a, name_b, found) in enumerate(pairs, start=1):
         datasets = {}
         for ds, (a, b) in found.items():
@@ -386,6 +386,7 @@ def report(pairs: list[tuple[str, str, dict]], sources: dict[tuple[str, int], Pa
             datasets[ds] = compare(a, b, shared, resamples, ds)
         pooled = pool(datasets, weights, resamples) if len(datasets) > 1 else []
         figure = save_png(draw(name_a, name_b, datasets, pooled), folder / f"slices_{n}.png")
+        figures.append(figure)
         lines += intro(name_a, name_b, resamples, figure.name)
         for ds, data in datasets.items():
             lines += dataset_lines(ds, data)
@@ -393,4 +394,4 @@ def report(pairs: list[tuple[str, str, dict]], sources: dict[tuple[str, int], Pa
             lines += pooled_lines(list(datasets), pooled, weights)
         rows += csv_rows(name_a, name_b, datasets, pooled, weights)
     atomic_write(folder / CSV_FILE, lambda tmp: pl.DataFrame(rows).write_csv(tmp))
-    return lines
+    return lines, figures
