@@ -41,6 +41,28 @@ def keep_top(row: np.ndarray, col: np.ndarray, value: np.ndarray, k: int):
     return at, torch.from_numpy(col[keep].astype(np.int64)), torch.from_numpy(value[keep])
 
 
+def example_sessions(train: SplitArrays) -> torch.Tensor:
+    """(N,) each training example's session, as its index in `train.session_end`."""
+    return torch.from_numpy(np.searchsorted(train.session_end, train.first, side="right"))
+
+
+def session_steps(ptr: torch.Tensor, session: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each session's entries in arrays that `ptr` (S + 1,) cuts into sessions: (B, L) their
+    places (clamped in range past a session's end) and (B, L) whether they are the session's."""
+    start, end = ptr[session], ptr[session + 1]  # (B,)
+    steps = torch.arange(int((end - start).max()), device=start.device)  # (L,)
+    real = steps[None, :] < (end - start)[:, None]  # (B, L)
+    return (start[:, None] + steps).clamp(max=int(ptr[-1]) - 1), real
+
+
+def places(distinct: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Each of `ids` (any shape) as its place among the sorted `distinct` ids (U,), or U
+    where it is not among them: a lookup rather than a comparison with every one."""
+    u = distinct.numel()
+    at = torch.searchsorted(distinct, ids.contiguous()).clamp(max=u - 1)
+    return torch.where(distinct[at] == ids, at, u)
+
+
 class Slots(NamedTuple):
     """Each kept partner of each input's distinct known products: one slot per (example,
     input product, partner), all (S,)."""
@@ -101,18 +123,14 @@ class Cooccurrence(nn.Module):
         contains.sort_indices()  # each session's products in id order
         self.session_ptr = torch.from_numpy(contains.indptr.astype(np.int64)).to(device)
         self.session_item = torch.from_numpy(contains.indices.astype(np.int64)).to(device)
-        self.example_session = torch.from_numpy(
-            np.searchsorted(train.session_end, train.first, side="right")).to(device)
+        self.example_session = example_sessions(train).to(device)
 
     def own_pairs(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """The (example, product) pairs of each (training) example's own session: (O,) rows
         and (O,) products."""
-        session = self.example_session[batch["index"]]  # (B,)
-        start, end = self.session_ptr[session], self.session_ptr[session + 1]  # (B,)
-        steps = torch.arange(int((end - start).max()), device=start.device)  # (L,)
-        real = steps[None, :] < (end - start)[:, None]  # (B, L)
-        row = torch.arange(session.numel(), device=start.device)[:, None].expand_as(real)
-        return row[real], self.session_item[(start[:, None] + steps)[real]]
+        at, real = session_steps(self.session_ptr, self.example_session[batch["index"]])
+        row = torch.arange(real.size(0), device=real.device)[:, None].expand_as(real)
+        return row[real], self.session_item[at[real]]
 
     def inputs(self, batch: dict[str, torch.Tensor]) -> Inputs:
         """Each input's distinct known products and their partners (`Inputs`)."""
@@ -263,17 +281,12 @@ class Transitions(nn.Module):
         ptr = np.searchsorted(session, np.arange(train.session_end.size + 1))  # (S + 1,)
         self.session_ptr = torch.from_numpy(ptr.astype(np.int64)).to(device)
         self.session_item = torch.from_numpy(item).to(device)
-        self.example_session = torch.from_numpy(
-            np.searchsorted(train.session_end, train.first, side="right")).to(device)
+        self.example_session = example_sessions(train).to(device)
 
     def own_counts(self, batch: dict[str, torch.Tensor], successor: torch.Tensor) -> torch.Tensor:
         """(B, K) how many times each of `successor` (B, K) directly follows the example's
         last product in its own (training) session."""
-        session = self.example_session[batch["index"]]  # (B,)
-        start, end = self.session_ptr[session], self.session_ptr[session + 1]  # (B,)
-        steps = torch.arange(int((end - start).max()), device=start.device)  # (L,)
-        real = steps[None, :] < (end - start)[:, None]  # (B, L)
-        at = (start[:, None] + steps).clamp(max=self.session_item.numel() - 1)  # (B, L)
+        at, real = session_steps(self.session_ptr, self.example_session[batch["index"]])
         visit = self.session_item[at].masked_fill(~real, PAD)  # (B, L) its macro interactions
         after_last = visit[:, :-1] == last_items(batch)[:, None]  # (B, L - 1)
         follower = visit[:, 1:].masked_fill(~after_last, PAD)  # (B, L - 1)
@@ -303,10 +316,9 @@ class Transitions(nn.Module):
         successor, score = self.slots(batch, leave_out)  # (B, K) each
         target = (score * (successor == batch["target"][:, None])).sum(1, keepdim=True)  # (B, 1)
         distinct, inverse = torch.unique(negatives, return_inverse=True)  # (U,), (K',)
-        u = distinct.numel()
-        at = torch.searchsorted(distinct, successor.contiguous()).clamp(max=u - 1)  # (B, K)
-        at = torch.where(distinct[at] == successor, at, u)  # (B, K) u: not a negative
-        grid = score.new_zeros(score.size(0), u + 1).scatter_add_(1, at, score)  # (B, U + 1)
+        at = places(distinct, successor)  # (B, K) U: not a negative
+        grid = score.new_zeros(score.size(0), distinct.numel() + 1).scatter_add_(
+            1, at, score)  # (B, U + 1)
         return torch.cat([target, grid.index_select(1, inverse)], dim=1)
 
     def forward(self, batch: dict[str, torch.Tensor], leave_out: bool) -> torch.Tensor:

@@ -22,7 +22,7 @@ from torch import nn
 from microrec.data.schema import NUM_SPECIAL
 from microrec.errors import ConfigError
 from microrec.models.base import last_items
-from microrec.models.cooccurrence import Cooccurrence, Transitions
+from microrec.models.cooccurrence import Cooccurrence, Transitions, places
 from microrec.models.neural import last_state, sampled_softmax_loss
 
 MAX_DISTANCE = 50  # positions further than this from the end share one distance embedding
@@ -69,10 +69,9 @@ def negatives_in_input(item: torch.Tensor, negatives: torch.Tensor) -> torch.Ten
     Each input position is looked up among the sorted distinct negatives, rather than
     compared with every negative (a (B, T, K) comparison)."""
     distinct, inverse = torch.unique(negatives, return_inverse=True)  # (U,), (K,)
-    u = distinct.numel()
-    at = torch.searchsorted(distinct, item.contiguous()).clamp(max=u - 1)  # (B, T)
-    at = torch.where(distinct[at] == item, at, u)  # (B, T) u: not a negative
-    found = torch.zeros(item.size(0), u + 1, dtype=torch.bool, device=item.device)
+    at = places(distinct, item)  # (B, T) U: not a negative
+    found = torch.zeros(item.size(0), distinct.numel() + 1, dtype=torch.bool,
+                        device=item.device)
     return found.scatter_(1, at, True).index_select(1, inverse)  # (B, K)
 
 

@@ -20,7 +20,6 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-import polars as pl
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -474,10 +473,9 @@ def slice_pairs(rows: list[tuple[str, str]], examples: dict, spec: str,
 
 
 def slice_report(jobs: list[Job], rows: list[tuple[str, str]], compared: Comparisons | None,
-                 spec: str, against: str | None, weights: str,
-                 folder: Path) -> tuple[list[str], list[Path]]:
-    """The --slices report's Markdown lines and figures (reports/slices.py), its CSV and
-    figures written into `folder`."""
+                 spec: str, against: str | None, weights: str, folder: Path) -> slices.Report:
+    """The --slices report (reports/slices.py), its CSV and figures written into
+    `folder`."""
     if compared is None:
         raise ConfigError("--slices compares rows example by example, but no job left "
                           "predictions.parquet.")
@@ -496,15 +494,15 @@ def slice_report(jobs: list[Job], rows: list[tuple[str, str]], compared: Compari
     return slices.report(pairs, sources, compared.resamples, weights, folder)
 
 
-def log_to_wandb(table: list[list], folder: Path, figures: list[Path]) -> None:
+def log_to_wandb(table: list[list], folder: Path, sliced: slices.Report | None) -> None:
     """The table as a W&B Table, in a run of the multirun's W&B group; with the --slices
-    report's `figures`, its CSV as a second Table and the figures as images."""
+    report, its table as a second Table and its figures as images."""
     def entries(wandb) -> dict:
         logged = {"table3": wandb.Table(columns=table[0], data=table[1:])}
-        if figures:
-            frame = pl.read_csv(folder / slices.CSV_FILE)
+        if sliced is not None:
+            frame = sliced.table
             logged["slices"] = wandb.Table(columns=frame.columns, data=frame.rows())
-            logged |= {path.stem: wandb.Image(str(path)) for path in figures}
+            logged |= {path.stem: wandb.Image(str(path)) for path in sliced.figures}
         return logged
 
     log_run(entries, dir=str(folder), name="table3", job_type="results",
@@ -541,10 +539,10 @@ def table3(folders: list[Path], use_wandb: bool = False, against: str | None = N
     datasets, rows, cells = summarise(done)
     compared = compare_rows(done, rows, against, resamples)
     table = csv_table(datasets, rows, cells, compared, breakdown)
-    extra, figures = (([], []) if sliced is None else
-                      slice_report(done, rows, compared, sliced, against, pool_weights,
-                                   folders[0]))
-    text = markdown(datasets, rows, cells, failed, folders, compared, breakdown, extra)
+    report = (None if sliced is None else
+              slice_report(done, rows, compared, sliced, against, pool_weights, folders[0]))
+    text = markdown(datasets, rows, cells, failed, folders, compared, breakdown,
+                    report.lines if report else [])
 
     def write_csv(tmp):
         with open(tmp, "w", newline="") as f:
@@ -553,5 +551,5 @@ def table3(folders: list[Path], use_wandb: bool = False, against: str | None = N
     atomic_write(folders[0] / "table3.csv", write_csv)
     atomic_write(folders[0] / "table3.md", lambda tmp: Path(tmp).write_text(text))
     if use_wandb:
-        log_to_wandb(table, folders[0], figures)
+        log_to_wandb(table, folders[0], report)
     return text

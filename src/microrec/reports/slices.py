@@ -361,10 +361,20 @@ def draw(name_a: str, name_b: str, datasets: dict[str, DataSet], pooled: list[Po
     return fig
 
 
+@dataclass
+class Report:
+    """What `report` made: the Markdown lines, the table it wrote as slices.csv, and the
+    figures it wrote (one per pair)."""
+
+    lines: list[str]
+    table: pl.DataFrame
+    figures: list[Path]
+
+
 def report(pairs: list[tuple[str, str, dict]], sources: dict[tuple[str, int], Path],
-           resamples: int, weights: str, folder: Path) -> tuple[list[str], list[Path]]:
-    """Markdown lines of every pair's slices, and the figures: writes slices.csv and one
-    figure per pair (slices_<n>.png) into `folder`.
+           resamples: int, weights: str, folder: Path) -> Report:
+    """Every pair's slices: writes slices.csv and one figure per pair (slices_<n>.png) into
+    `folder`.
 
     Args:
         pairs: (A's name, B's name, data set -> (A's, B's seed_average table)).
@@ -393,5 +403,6 @@ def report(pairs: list[tuple[str, str, dict]], sources: dict[tuple[str, int], Pa
         if pooled:
             lines += pooled_lines(list(datasets), pooled, weights)
         rows += csv_rows(name_a, name_b, datasets, pooled, weights)
-    atomic_write(folder / CSV_FILE, lambda tmp: pl.DataFrame(rows).write_csv(tmp))
-    return lines, figures
+    table = pl.DataFrame(rows)
+    atomic_write(folder / CSV_FILE, lambda tmp: table.write_csv(tmp))
+    return Report(lines, table, figures)
